@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install what they need.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test bench lint clean mosquitto
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# The CPU build of torch 2.13.0 lies on this machine's disk; pin it first so
+	# nothing else can pull a multi-GB CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+	# CrypTen's metadata requires the deprecated `sklearn` package: install it
+	# without dependencies; its real dependencies are in pyproject.toml.
+	$(PIP) install --quiet --no-deps crypten==0.4.1
+	$(PIP) install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Debian's mosquitto, so broker tests run against the real thing.
+mosquitto:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's mosquitto"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto >/dev/null; \
+	  else echo "mosquitto missing and no apt-get: Mosquitto tests will be skipped"; fi; \
+	fi
+
+demo: venv
+	$(PY) run_parties.py demo
+
+test: venv mosquitto
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) -m benchmarks
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,166 @@
+"""The Channel: the only way a protocol role talks to its peers.
+
+Protocols are async functions over a Channel, so the same role code runs
+in-process (tests, fast simulation: :class:`InMemoryNetwork`) and across
+machines (MQTT: ``parties.mqtt_channel``).
+
+Message kinds are ``"<protocol>.<step>"`` strings, e.g. ``"hcsetup.commit"``;
+the transport records both parts in its envelope headers and transcripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from . import wire
+
+
+class ChannelError(RuntimeError):
+    """A message could not be sent or received."""
+
+
+class PeerTimeout(ChannelError, TimeoutError):
+    """No message of the expected kind arrived from a peer in time."""
+
+    def __init__(self, peer: str, kind: str, timeout: float):
+        super().__init__(f"no '{kind}' message from party '{peer}' within {timeout:g} s")
+        self.peer = peer
+
+
+class PeerGone(ChannelError):
+    """A peer went offline while we were waiting for it (or before)."""
+
+    def __init__(self, peer: str, kind: str | None = None):
+        what = f" while waiting for its '{kind}' message" if kind else ""
+        super().__init__(f"party '{peer}' went offline{what}")
+        self.peer = peer
+
+
+def split_kind(kind: str) -> tuple[str, str]:
+    """``"proto.step"`` -> ``("proto", "step")``; validates the form."""
+    proto, sep, step = kind.partition(".")
+    if not sep or not proto or not step:
+        raise ValueError(f"message kind {kind!r} must look like '<protocol>.<step>'")
+    return proto, step
+
+
+class Channel(ABC):
+    """Async point-to-point messaging between named parties of one session."""
+
+    me: str
+    peers: tuple[str, ...]
+    session: str
+
+    @abstractmethod
+    async def send(self, to: str, kind: str, payload: Any) -> None:
+        """Send ``payload`` (anything :mod:`mpc.wire` encodes) to party ``to``."""
+
+    @abstractmethod
+    async def recv(self, frm: str, kind: str, timeout: float | None = None) -> Any:
+        """Wait for the next ``kind`` message from ``frm``; messages of one kind
+        from one sender arrive in the order they were sent.
+
+        Raises PeerTimeout after ``timeout`` seconds and PeerGone at once when
+        ``frm`` is (or goes) offline.
+        """
+
+    def _check_peer(self, name: str) -> None:
+        if name not in self.peers:
+            raise ChannelError(f"'{name}' is not a peer of '{self.me}' "
+                               f"(peers: {', '.join(self.peers) or 'none'})")
+
+
+class _Mailbox:
+    """Per-(sender, kind) FIFO queues plus liveness, shared by both transports."""
+
+    def __init__(self) -> None:
+        self.queues: dict[tuple[str, str], asyncio.Queue] = defaultdict(asyncio.Queue)
+        self.gone: set[str] = set()
+        self._gone_events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    def put(self, frm: str, kind: str, data: Any) -> None:
+        self.queues[(frm, kind)].put_nowait(data)
+
+    def mark_gone(self, peer: str) -> None:
+        self.gone.add(peer)
+        self._gone_events[peer].set()
+
+    def mark_back(self, peer: str) -> None:
+        self.gone.discard(peer)
+        self._gone_events[peer] = asyncio.Event()
+
+    async def get(self, frm: str, kind: str, timeout: float | None) -> Any:
+        q = self.queues[(frm, kind)]
+        if not q.empty():
+            return q.get_nowait()
+        if frm in self.gone:
+            raise PeerGone(frm, kind)
+        getter = asyncio.ensure_future(q.get())
+        gone = asyncio.ensure_future(self._gone_events[frm].wait())
+        try:
+            done, _ = await asyncio.wait({getter, gone}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (getter, gone):
+                if not t.done():
+                    t.cancel()
+        if getter in done:
+            return getter.result()
+        if gone in done:
+            raise PeerGone(frm, kind)
+        raise PeerTimeout(frm, kind, timeout if timeout is not None else float("inf"))
+
+
+class InMemoryChannel(Channel):
+    """A Channel whose messages go through the real wire codec, in one process."""
+
+    def __init__(self, network: InMemoryNetwork, me: str):
+        self.network = network
+        self.me = me
+        self.peers = tuple(n for n in network.names if n != me)
+        self.session = network.session
+        self.mailbox = _Mailbox()
+        self.sent_bytes = 0
+        self.sent_messages = 0
+
+    async def send(self, to: str, kind: str, payload: Any) -> None:
+        self._check_peer(to)
+        split_kind(kind)
+        if self.me in self.network.dead:
+            raise ChannelError(f"party '{self.me}' has been stopped")
+        data = wire.encode(payload)
+        self.sent_bytes += len(data)
+        self.sent_messages += 1
+        if to not in self.network.dead:
+            self.network.channels[to].mailbox.put(self.me, kind, data)
+        await asyncio.sleep(0)  # let the receiver run, as a real transport would
+
+    async def recv(self, frm: str, kind: str, timeout: float | None = None) -> Any:
+        self._check_peer(frm)
+        return wire.decode(await self.mailbox.get(frm, kind, timeout))
+
+
+class InMemoryNetwork:
+    """All parties of one session in one event loop; ``kill(name)`` simulates a crash."""
+
+    def __init__(self, names: Iterable[str], session: str | None = None):
+        self.names = tuple(names)
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"party names must be unique: {self.names}")
+        self.session = session or secrets.token_hex(8)
+        self.dead: set[str] = set()
+        self.channels = {n: InMemoryChannel(self, n) for n in self.names}
+
+    def channel(self, name: str) -> InMemoryChannel:
+        return self.channels[name]
+
+    def kill(self, name: str) -> None:
+        self.dead.add(name)
+        for ch in self.channels.values():
+            if ch.me != name:
+                ch.mailbox.mark_gone(name)
