@@ -3,7 +3,9 @@
 A float x becomes trunc(x * 2^f) as a two's-complement 64-bit integer, held in
 a numpy uint64 array (the ring element; ``view(np.int64)`` gives CrypTen's
 torch.long value). Truncation toward zero is what CrypTen's FixedPointEncoder
-does, so shares made here and shares made by CrypTen are interchangeable.
+does, so shares made here and shares made by CrypTen are interchangeable. Decoding is exact signed division
+by 2^f (CrypTen 0.4.1's own decode is off by one for some negative values,
+e.g. -92.999 decodes to -93.999; we do not replicate that bug).
 """
 
 from __future__ import annotations

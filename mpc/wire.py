@@ -28,7 +28,7 @@ class WireError(ValueError):
 
 
 def _pack_array(a: np.ndarray) -> bytes:
-    a = np.ascontiguousarray(a)
+    a = a if a.flags.c_contiguous else a.copy(order="C")  # ascontiguousarray would make 0-d arrays 1-d
     dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
     if dt.str not in _DTYPES:
         raise WireError(f"arrays of dtype {a.dtype} cannot cross the wire; use one of "

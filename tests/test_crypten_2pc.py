@@ -1,0 +1,112 @@
+import asyncio
+
+import numpy as np
+import pytest
+
+from mpc import additive, encoding
+from mpc.channel import InMemoryNetwork, PeerGone
+from mpc.crypten_glue import (
+    TwoParty,
+    TwoPartyError,
+    argmax_onehot,
+    serve_dealer,
+    share_of,
+    tensor_from_shares,
+)
+
+
+async def _argmax(logits: np.ndarray, net=None):
+    net = net or InMemoryNetwork(["alice", "bob", "dealer"])
+    s0, s1 = additive.share(encoding.encode(logits), 2)
+    r0, r1, served = await asyncio.gather(
+        argmax_onehot(net.channel("alice"), "bob", "dealer", s0),
+        argmax_onehot(net.channel("bob"), "alice", "dealer", s1),
+        serve_dealer(net.channel("dealer"), ("alice", "bob")))
+    assert served > 0
+    return r0, r1, encoding.decode(additive.reconstruct([r0, r1]))
+
+
+@pytest.mark.parametrize("shape", [(10,), (1, 10), (64, 10), (5, 2)])
+async def test_argmax_onehot_is_correct(shape):
+    logits = np.random.default_rng(sum(shape)).normal(scale=5, size=shape)
+    _, _, onehot = await _argmax(logits)
+    expected = np.eye(shape[-1])[logits.argmax(-1)]
+    np.testing.assert_array_equal(onehot, expected)
+
+
+async def test_each_output_share_alone_looks_random():
+    # 400 queries whose argmax is always class 0 vs always class 3: one party's
+    # share must look the same (uniform) in both cases.
+    base = np.zeros((400, 4))
+    top_bits = []
+    for cls in (0, 3):
+        logits = base.copy()
+        logits[:, cls] = 10.0
+        r0, r1, onehot = await _argmax(logits)
+        assert (onehot.argmax(-1) == cls).all()
+        for share in (r0, r1):
+            bits = (share >> np.uint64(63)).astype(float)
+            assert 0.4 < bits.mean() < 0.6  # a one-hot in the clear would be all zeros
+        top_bits.append((r0[:, cls] >> np.uint64(63)).astype(float).mean())
+    assert abs(top_bits[0] - top_bits[1]) < 0.12
+
+
+async def test_ties_give_exactly_one_hot_chosen_among_the_tied():
+    logits = np.tile(np.array([1.0, 5.0, 5.0, 0.0, 5.0]), (300, 1))
+    _, _, onehot = await _argmax(logits)
+    assert (onehot.sum(-1) == 1).all()
+    picked = onehot.argmax(-1)
+    assert set(picked) <= {1, 2, 4}
+    assert len(set(picked)) == 3  # random among tied maxima, not always the first
+
+
+async def test_shares_feed_a_follow_up_2pc():
+    # Shares out of one 2PC become the input of another (CaPC's vote pipeline).
+    net = InMemoryNetwork(["p", "q", "d"])
+    x = np.array([[1.5, -2.0, 3.25]])
+    s0, s1 = additive.share(encoding.encode(x), 2)
+
+    def double_plus_one(share):
+        t = tensor_from_shares(share)
+        return share_of(t * 2 + 1)
+
+    async def party(name, peer, share):
+        async with TwoParty(net.channel(name), peer, "d") as tp:
+            return await tp.run(double_plus_one, share)
+
+    a, b, _ = await asyncio.gather(party("p", "q", s0), party("q", "p", s1),
+                                   serve_dealer(net.channel("d"), ("p", "q")))
+    np.testing.assert_allclose(encoding.decode(additive.reconstruct([a, b])), x * 2 + 1, atol=1e-3)
+
+
+async def test_dealer_detects_diverging_parties():
+    net = InMemoryNetwork(["p", "q", "d"])
+    await net.channel("p").send("d", "mpc.tuple_req", {"fn": "square", "size": [3]})
+    await net.channel("q").send("d", "mpc.tuple_req", {"fn": "square", "size": [4]})
+    with pytest.raises(TwoPartyError, match="diverged"):
+        await serve_dealer(net.channel("d"), ("p", "q"))
+
+
+async def test_dealer_refuses_unknown_requests():
+    net = InMemoryNetwork(["p", "q", "d"])
+    for p in "pq":
+        await net.channel(p).send("d", "mpc.tuple_req", {"fn": "generate_additive_triple",
+                                                          "op": "__import__", "size0": [1], "size1": [1]})
+    with pytest.raises(TwoPartyError, match="refuses"):
+        await serve_dealer(net.channel("d"), ("p", "q"))
+
+
+async def test_dead_peer_is_named():
+    net = InMemoryNetwork(["alice", "bob", "dealer"])
+    s0, _ = additive.share(encoding.encode(np.zeros((1, 3))), 2)
+    task = asyncio.create_task(argmax_onehot(net.channel("alice"), "bob", "dealer", s0, timeout=30))
+    await asyncio.sleep(0.2)
+    net.kill("bob")
+    with pytest.raises(PeerGone, match="'bob'"):
+        await asyncio.wait_for(task, 10)
+
+
+def test_bad_arguments():
+    net = InMemoryNetwork(["p", "q"])
+    with pytest.raises(TwoPartyError, match="distinct"):
+        TwoParty(net.channel("p"), "q", "q")

@@ -1,0 +1,111 @@
+import secrets
+
+import pytest
+from Crypto.Protocol.SecretSharing import _Element
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mpc import shamir
+
+
+@st.composite
+def n_t(draw):
+    n = draw(st.integers(min_value=1, max_value=12))
+    return n, draw(st.integers(min_value=1, max_value=n))
+
+
+secrets_st = st.one_of(st.integers(min_value=0, max_value=2 ** 300),
+                       st.binary(min_size=1, max_size=70),
+                       st.lists(st.integers(min_value=0, max_value=2 ** 128 - 1), min_size=1, max_size=5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(secrets_st, n_t(), st.randoms(use_true_random=False))
+def test_any_t_shares_reconstruct(secret, nt, rnd):
+    n, t = nt
+    shares = shamir.share(secret, n, t)
+    subset = rnd.sample(shares, t)
+    assert shamir.reconstruct(subset) == secret
+    assert shamir.reconstruct(shares) == secret  # more than t: cross-checked
+
+
+def _interpolate(points, x):
+    """Value at x of the polynomial through points, in pycryptodome's GF(2^128)."""
+    total = _Element(0)
+    for j, (xj, yj) in enumerate(points):
+        term = _Element(yj)
+        for m, (xm, _) in enumerate(points):
+            if m != j:
+                term = term * (_Element(x) + _Element(xm)) * (_Element(xj) + _Element(xm)).inverse()
+        total = total + term
+    return total.encode()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(min_value=2, max_value=6), st.binary(min_size=16, max_size=16),
+       st.binary(min_size=16, max_size=16))
+def test_t_minus_1_shares_fit_every_candidate_secret(t, secret, candidate):
+    n = t + 1
+    shares = shamir.share(secret, n, t)
+    known = shares[: t - 1]
+    # For ANY candidate secret there is a polynomial of degree t-1 through the
+    # t-1 known shares and (0, candidate): its value at index n completes a set
+    # of t shares that reconstructs the candidate. So t-1 shares reveal nothing.
+    points = [(0, int.from_bytes(candidate, "big"))] + [
+        (s.index, int.from_bytes(s.blocks[0], "big")) for s in known]
+    forged = shamir.Share(n, t, n, "bytes", 16, shares[0].tag, (_interpolate(points, n),))
+    assert shamir.reconstruct(known + [forged]) == candidate
+    # and the genuine last share still gives the real secret
+    assert shamir.reconstruct(known + [shares[n - 1]]) == secret
+
+
+def test_linearity_is_xor_of_secrets():
+    a, b = secrets.token_bytes(32), secrets.token_bytes(32)
+    sa, sb = shamir.share(a, 5, 3), shamir.share(b, 5, 3)
+    summed = [x + y for x, y in zip(sa, sb, strict=False)]
+    assert shamir.reconstruct([summed[4], summed[1], summed[2]]) == bytes(x ^ y for x, y in zip(a, b, strict=False))
+
+
+def test_share_serialization_round_trip():
+    shares = shamir.share(b"seed", 4, 2)
+    again = [shamir.Share.from_dict(s.to_dict()) for s in shares]
+    assert shamir.reconstruct(again[2:]) == b"seed"
+    with pytest.raises(shamir.ShamirError, match="malformed"):
+        shamir.Share.from_dict({"index": 1})
+
+
+@pytest.mark.parametrize("n,t,msg", [(3, 4, "cannot exceed"), (3, 0, "at least 1"),
+                                     (300, 2, "at most"), (3, 1.5, "integers")])
+def test_bad_parameters(n, t, msg):
+    with pytest.raises(shamir.ShamirError, match=msg):
+        shamir.share(b"x", n, t)
+
+
+def test_bad_secrets():
+    for bad, msg in [(-1, "non-negative"), (b"", "empty"), (True, "bool"), (3.5, "cannot share"),
+                     ([2 ** 128], "entries")]:
+        with pytest.raises(shamir.ShamirError, match=msg):
+            shamir.share(bad, 3, 2)
+
+
+def test_bad_share_sets():
+    shares = shamir.share(b"top secret", 5, 3)
+    other = shamir.share(b"other thing", 5, 3)
+    with pytest.raises(shamir.ShamirError, match="at least t=3"):
+        shamir.reconstruct(shares[:2])
+    with pytest.raises(shamir.ShamirError, match="duplicate"):
+        shamir.reconstruct([shares[0], shares[0], shares[1]])
+    with pytest.raises(shamir.ShamirError, match="different sharings"):
+        shamir.reconstruct([shares[0], shares[1], other[2]])
+    with pytest.raises(shamir.ShamirError, match="no shares"):
+        shamir.reconstruct([])
+    longer = shamir.share(b"x" * 40, 5, 3)
+    with pytest.raises(shamir.ShamirError, match="add shares"):
+        shares[0] + longer[0]
+    # a corrupted extra share is caught when more than t shares are given
+    bad = shamir.Share(4, 3, 5, "bytes", 10, shares[0].tag, (bytes(16),))
+    with pytest.raises(shamir.ShamirError, match="inconsistent"):
+        shamir.reconstruct(shares[:3] + [bad])
+    relabeled = shamir.Share(9, 3, 5, "bytes", 10, shares[0].tag, shares[0].blocks)
+    with pytest.raises(shamir.ShamirError, match="1..5"):
+        shamir.reconstruct([relabeled, shares[1], shares[2]])
