@@ -380,8 +380,9 @@ def _read_chain(fd: int, path: Path, key: bytes | None) -> tuple[list[dict[str, 
             raise LedgerCorrupted(f"{path}: line {i + 1} breaks the chain "
                                   "(entries removed, reordered or inserted)")
         if i == 0 and entry.get("auth") != _auth_name(key):
+            how = "with its key" if key is None else "without a key"
             raise LedgerCorrupted(f"{path} was written with auth {entry.get('auth')!r}; "
-                                  ("open it with its key" if key is None else "open it without a key"))
+                                  f"open it {how}")
         if not hmac.compare_digest(_digest(entry, key), str(stored)):
             hint = " (or the wrong key was given)" if key is not None else ""
             raise LedgerCorrupted(f"{path}: line {i + 1} was altered{hint}")
