@@ -1,0 +1,129 @@
+"""Mosquitto configuration for a deployment: listener, passwords, ACL, optional TLS.
+
+Topic scheme (``Deployment.inbox_topic`` / ``presence_topic``)::
+
+    confidant/<deployment>/inbox/<party>      the party reads; other parties write
+    confidant/<deployment>/presence/<party>   retained; the party writes, all read
+
+The MQTT username is the party name. The ACL lets each party subscribe only to
+its own inbox, publish to the inboxes of the other parties of the deployment,
+write only its own presence topic and read everyone's. The ACL cannot stop a
+party from *claiming* to be someone else inside a message it publishes to a
+peer's inbox: that is what the sender's Ed25519 signature on every envelope
+is for. The broker is untrusted either way; the ACL only narrows what a
+stolen password or a buggy client can do.
+
+An optional ``admin`` user may read and write every topic of the deployment;
+it is meant for test recorders and fault injection, not for production.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+from .identity import TOPIC_PREFIX, Deployment, DeploymentError, mosquitto_password_hash
+
+ADMIN_USER = "admin"
+# Room in an MQTT packet for the topic and headers on top of the envelope itself.
+PACKET_OVERHEAD = 65536
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    conf: Path
+    passwd: Path
+    acl: Path
+    port: int
+    bind: str | None
+
+
+def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write a file that is never readable by others, not even for a moment."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(text)
+
+
+def new_admin_credentials(path: str | os.PathLike[str]) -> str:
+    """Create an admin password, save ``{username, password}`` to ``path`` (mode
+    0600, TOML) and return its Mosquitto hash for :func:`write_broker_config`."""
+    password = secrets.token_urlsafe(24)
+    _write_private(Path(path), tomli_w.dumps({"username": ADMIN_USER, "password": password}))
+    return mosquitto_password_hash(password)
+
+
+def acl_text(deployment: Deployment, admin: bool = False) -> str:
+    lines = [f"# ACL for Confidant deployment {deployment.name!r}. Parties may publish into",
+             "# each other's inboxes; signatures, not this file, stop impersonation.", ""]
+    if admin:
+        lines += [f"user {ADMIN_USER}", f"topic readwrite {TOPIC_PREFIX}/{deployment.name}/#", ""]
+    for me in deployment.parties:
+        lines.append(f"user {me}")
+        lines.append(f"topic read {deployment.inbox_topic(me)}")
+        lines.append(f"topic readwrite {deployment.presence_topic(me)}")
+        for peer in deployment.parties:
+            if peer != me:
+                lines.append(f"topic write {deployment.inbox_topic(peer)}")
+                lines.append(f"topic read {deployment.presence_topic(peer)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_broker_config(deployment: Deployment, out_dir: str | os.PathLike[str], *,
+                        port: int | None = None, bind: str | None = None,
+                        admin_password_hash: str | None = None) -> BrokerConfig:
+    """Write ``mosquitto.conf``, ``passwd`` and ``acl`` into ``out_dir``.
+
+    ``port`` defaults to the port of the deployment's broker URL; ``bind``
+    to all interfaces (parties on other machines must reach it). With an
+    ``mqtts://`` URL the listener uses TLS with the deployment's CA, cert and key.
+    """
+    if admin_password_hash is not None and ADMIN_USER in deployment.parties:
+        raise DeploymentError(f"a party is named {ADMIN_USER!r}, which clashes with the admin "
+                              "user; rename the party or run without an admin")
+    port = deployment.broker_port if port is None else port
+    if not 1 <= port <= 65535:
+        raise DeploymentError(f"port {port} is not a TCP port")
+    tls = deployment.tls
+    if deployment.uses_tls and (tls is None or not tls.certfile or not tls.keyfile):
+        raise DeploymentError("broker_url uses mqtts:// but [deployment.tls] lacks the broker's "
+                              "certfile and keyfile; add them (paths on the broker machine)")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    passwd, acl, conf = out / "passwd", out / "acl", out / "mosquitto.conf"
+    entries = [f"{p.name}:{p.mqtt_password_hash}" for p in deployment.parties.values()]
+    if admin_password_hash is not None:
+        entries.append(f"{ADMIN_USER}:{admin_password_hash}")
+    _write_private(passwd, "\n".join(entries) + "\n")
+    _write_private(acl, acl_text(deployment, admin_password_hash is not None))
+    lines = [
+        f"# Mosquitto 2 configuration for Confidant deployment {deployment.name!r}.",
+        "# Generated by `confidant broker-config`; regenerate it rather than editing.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {passwd}",
+        f"acl_file {acl}",
+        "persistence false",
+        f"max_packet_size {deployment.max_message_bytes + PACKET_OVERHEAD}",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "",
+        f"listener {port}" + (f" {bind}" if bind else ""),
+    ]
+    if deployment.uses_tls and tls is not None and tls.certfile and tls.keyfile:
+        lines += [f"certfile {Path(tls.certfile).resolve()}",
+                  f"keyfile {Path(tls.keyfile).resolve()}",
+                  "tls_version tlsv1.2"]
+        if tls.ca:
+            lines.append(f"cafile {Path(tls.ca).resolve()}")
+    _write_private(conf, "\n".join(lines) + "\n", mode=0o644)
+    return BrokerConfig(conf, passwd, acl, port, bind)
