@@ -161,6 +161,39 @@ def test_histogram_addition_is_associative_and_counts_add(hc8):
     assert np.array_equal(rows.tokens, left.tokens) and np.array_equal(rows.counts, left.counts)
 
 
+@settings(max_examples=80, deadline=None)
+@given(d=st.sampled_from([1, 2, 7, 2**20]), data=st.data())
+def test_histogram_reduction_matches_a_dictionary(d, data):
+    # tokens that share their top bits exercise the exact fallback of the fast sort key
+    n = data.draw(st.integers(0, 60))
+    coords = np.array(data.draw(st.lists(st.integers(0, d - 1), min_size=n, max_size=n)),
+                      dtype=np.int64)
+    high = data.draw(st.sampled_from([0, 2**63, 2**40, 0xABCDEF << 36]))
+    toks = np.array([high + data.draw(st.integers(0, 2**22)) for _ in range(n)], dtype=np.uint64)
+    counts = np.array(data.draw(st.lists(st.integers(1, 9), min_size=n, max_size=n)), dtype=np.int64)
+    h = TokenHistogram._reduce(d, coords, toks, counts, "fp")
+    expect: dict[tuple[int, int], int] = {}
+    for c, t, k in zip(coords.tolist(), toks.tolist(), counts.tolist(), strict=True):
+        expect[(c, t)] = expect.get((c, t), 0) + k
+    got = {}
+    for c in range(d) if d < 100 else sorted(set(coords.tolist())):
+        sl = slice(h.offsets[c], h.offsets[c + 1])
+        ts = h.tokens[sl].tolist()
+        assert ts == sorted(set(ts))
+        got.update({(c, t): k for t, k in zip(ts, h.counts[sl].tolist(), strict=True)})
+    assert got == expect
+    assert h.offsets[-1] == len(expect)
+
+
+def test_histogram_reduction_with_tied_sort_keys():
+    # d = 2^20 leaves 44 key bits for 64-bit tokens: these three tie on the fast key
+    toks = np.array([2**63 + 5, 2**63 + 1, 2**63 + 5, 7], dtype=np.uint64)
+    h = TokenHistogram._reduce(2**20, np.array([3, 3, 3, 3]), toks, np.ones(4, np.int64), "fp")
+    assert h.tokens.tolist() == [7, 2**63 + 1, 2**63 + 5]
+    assert h.counts.tolist() == [1, 1, 2]
+    assert h.offsets[3:5].tolist() == [0, 3]
+
+
 def test_update_helpers_and_compact_wire_form(hc8):
     rng = np.random.default_rng(5)
     ups = [rng.normal(0, 0.2, 10_000).astype(np.float32) for _ in range(5)]
