@@ -247,7 +247,7 @@ class BudgetLedger:
 
     # ------------------------------------------------------------ internals
     def _worst_rdp(self) -> NDArray[np.float64]:
-        return self._acc._rdp + self._pending_sum
+        return self._acc.rdp + self._pending_sum
 
     def _eps(self, rdp: NDArray[np.float64], conversion: Conversion | None = None) -> float:
         return epsilon_from_rdp(self._orders, rdp, self.delta, conversion or self.conversion)[0]
@@ -262,7 +262,9 @@ class BudgetLedger:
             return Decision(False, None, before, after, self.epsilon_budget,
                             f"worst-case epsilon would reach {after:.4g} > budget "
                             f"{self.epsilon_budget:g}")
-        seq = self._append({"type": "charge", "query_id": str(query_id), **params})
+        # epsilon_if_granted is for human auditors; replay recomputes it.
+        seq = self._append({"type": "charge", "query_id": str(query_id), **params,
+                            "epsilon_if_granted": after})
         return Decision(True, seq, before, after, self.epsilon_budget, "within budget")
 
     def _append(self, body: dict[str, Any]) -> int:
