@@ -18,7 +18,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         card = keygen(args.name, args.role, args.out)
-    except DeploymentError as e:
+    except (DeploymentError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"# Public card of party {card.name!r}: paste it into the deployment file.")
