@@ -75,7 +75,7 @@ class Channel(ABC):
                                f"(peers: {', '.join(self.peers) or 'none'})")
 
 
-class _Mailbox:
+class Mailbox:
     """Per-(sender, kind) FIFO queues plus liveness, shared by both transports."""
 
     def __init__(self) -> None:
@@ -91,8 +91,9 @@ class _Mailbox:
         self._gone_events[peer].set()
 
     def mark_back(self, peer: str) -> None:
-        self.gone.discard(peer)
-        self._gone_events[peer] = asyncio.Event()
+        if peer in self.gone:  # only replace a fired event; waiters hold the live one
+            self.gone.discard(peer)
+            self._gone_events[peer] = asyncio.Event()
 
     async def get(self, frm: str, kind: str, timeout: float | None) -> Any:
         q = self.queues[(frm, kind)]
@@ -124,7 +125,7 @@ class InMemoryChannel(Channel):
         self.me = me
         self.peers = tuple(n for n in network.names if n != me)
         self.session = network.session
-        self.mailbox = _Mailbox()
+        self.mailbox = Mailbox()
         self.sent_bytes = 0
         self.sent_messages = 0
 

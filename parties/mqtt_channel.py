@@ -1,0 +1,288 @@
+"""A :class:`mpc.channel.Channel` over MQTT (aiomqtt), with sealed envelopes and a transcript.
+
+* One inbox topic per party (``confidant/<deployment>/inbox/<party>``), QoS 1.
+  Every envelope is sealed (:mod:`parties.envelope`): signed, end-to-end
+  encrypted for its recipient. What the broker relays is headers and ciphertext.
+* Bad input never stops the party: garbage, forgeries, replays, messages for
+  someone else are rejected, logged and written to the transcript as rejected.
+  QoS 1 duplicates (same sender, session, seq) are dropped quietly.
+* Presence: a retained, signed ``online``/``offline`` message per party, with a
+  pre-signed ``offline`` as the MQTT last will. A peer whose ``offline`` arrives
+  while we wait for it makes ``recv`` fail at once with :class:`PeerGone`
+  naming it. A graceful ``offline`` carries how many messages the party sent to
+  each peer, so a peer is declared gone only after its last message arrived.
+* Broker restarts: the client reconnects with exponential backoff, resubscribes
+  and republishes its presence. Envelopes published while the broker was down,
+  or not yet delivered when it died, are re-sent from a bounded outbox when we
+  reconnect and whenever a peer announces it is (back) online; receivers drop
+  the duplicates by sequence number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections import deque
+from typing import Any
+
+import aiomqtt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from mpc import wire
+from mpc.channel import Channel, ChannelError, Mailbox, split_kind
+
+from .envelope import DuplicateEnvelope, EnvelopeError, Sealer
+from .identity import Deployment, PrivateKeys
+from .transcript import Transcript
+
+log = logging.getLogger("confidant.mqtt")
+
+_PRESENCE_DOMAIN = b"confidant/presence/v1\x00"
+OUTBOX_PER_PEER = 256          # envelopes kept per peer for re-sending after a broker restart
+GONE_GRACE_SECONDS = 5.0        # how long a graceful 'offline' may wait for in-flight messages
+
+
+def _presence_message(party: str, session: str, status: str, sent: dict[str, int]) -> bytes:
+    counts = ",".join(f"{k}={v}" for k, v in sorted(sent.items()))
+    return _PRESENCE_DOMAIN + f"{party}\x00{session}\x00{status}\x00{counts}".encode()
+
+
+class MqttChannel(Channel):
+    """Channel for one party in one session. ``async with`` it, or call start()/close()."""
+
+    def __init__(self, deployment: Deployment, keys: PrivateKeys, session: str,
+                 transcript: Transcript, *, connect_timeout: float = 30.0):
+        self.deployment, self.keys, self.session = deployment, keys, session
+        self.me = keys.name
+        self.peers = tuple(n for n in deployment.parties if n != self.me)
+        self.transcript = transcript
+        self.sealer = Sealer(deployment, keys, session)
+        self.mailbox = Mailbox()
+        self.connect_timeout = connect_timeout
+        self._verify = {n: Ed25519PublicKey.from_public_bytes(p.sign_pub)
+                        for n, p in deployment.parties.items()}
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._runner: asyncio.Task | None = None
+        self._outbox: dict[str, deque[bytes]] = {p: deque(maxlen=OUTBOX_PER_PEER) for p in self.peers}
+        self._sent: dict[str, int] = dict.fromkeys(self.peers, 0)
+        self._received: dict[str, int] = dict.fromkeys(self.peers, 0)
+        self._pending_gone: dict[str, int] = {}
+        self._online: set[str] = set()
+        self._seen: set[str] = set()   # peers that announced themselves in this session
+        self.rejected = 0
+        self.sent_bytes = 0
+        self.sent_messages = 0
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> MqttChannel:
+        self._runner = asyncio.create_task(self._run(), name=f"mqtt-{self.me}")
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.connect_timeout)
+        except TimeoutError:
+            self._runner.cancel()
+            raise ChannelError(f"party '{self.me}' could not reach the broker at "
+                               f"{self.deployment.broker_url} within {self.connect_timeout:g} s; "
+                               "is it running?") from None
+        return self
+
+    async def close(self) -> None:
+        """Say goodbye to every peer, publish 'offline', seal the transcript."""
+        if self._closing:
+            return
+        for peer in self.peers:
+            with contextlib.suppress(ChannelError):
+                await self._send_envelope(peer, "session", "end", b"", kind="bye")
+        self._closing = True
+        client = self._client
+        if client is not None and self._connected.is_set():
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(self.deployment.presence_topic(self.me),
+                                     self._presence("offline"), qos=1, retain=True)
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+        self.transcript.seal(self.session)
+
+    async def __aenter__(self) -> MqttChannel:
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # -- Channel API -------------------------------------------------------------
+    async def send(self, to: str, kind: str, payload: Any) -> None:
+        self._check_peer(to)
+        protocol, step = split_kind(kind)
+        await self._send_envelope(to, protocol, step, wire.encode(payload))
+
+    async def recv(self, frm: str, kind: str, timeout: float | None = None) -> Any:
+        self._check_peer(frm)
+        split_kind(kind)
+        data = await self.mailbox.get(frm, kind, timeout)
+        try:
+            return wire.decode(data)
+        except wire.WireError as e:
+            raise ChannelError(f"party '{frm}' sent a '{kind}' message that does not decode: {e}") from None
+
+    # -- internals -----------------------------------------------------------------
+    async def _send_envelope(self, to: str, protocol: str, step: str, payload: bytes,
+                             kind: str = "msg") -> None:
+        if self._closing:
+            raise ChannelError(f"party '{self.me}' has closed its channel")
+        sealed = self.sealer.seal(to, protocol, step, payload, kind=kind)
+        self.transcript.record("sent", sealed.header, size=sealed.size, digest=sealed.digest,
+                               signature=sealed.signature)
+        self._outbox[to].append(sealed.data)
+        self._sent[to] += 1
+        self.sent_bytes += sealed.size
+        self.sent_messages += 1
+        await self._publish(self.deployment.inbox_topic(to), sealed.data)
+
+    async def _publish(self, topic: str, data: bytes) -> None:
+        # If the broker is down the message stays in the outbox and is re-sent
+        # on reconnect; we do not block the protocol on it here.
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return
+        try:
+            await client.publish(topic, data, qos=1)
+        except aiomqtt.MqttError as e:
+            log.warning("%s: publish failed (%s); will re-send after reconnect", self.me, e)
+
+    def _presence(self, status: str) -> bytes:
+        sent = dict(self._sent) if status == "offline" and self._closing else {}
+        sig = self.keys.sign_key.sign(_presence_message(self.me, self.session, status, sent))
+        return wire.encode({"party": self.me, "session": self.session, "status": status,
+                            "sent": sent, "sig": sig})
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.deployment.uses_tls:
+            return None
+        tls = self.deployment.tls
+        ctx = ssl.create_default_context(cafile=tls.ca if tls else None)
+        return ctx
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        will = aiomqtt.Will(self.deployment.presence_topic(self.me), self._presence("offline"),
+                            qos=1, retain=True)
+        while not self._closing:
+            try:
+                async with aiomqtt.Client(
+                        self.deployment.broker_host, self.deployment.broker_port,
+                        identifier=f"{self.deployment.name}-{self.me}-{self.session}"[:64],
+                        username=self.me, password=self.keys.mqtt_password, will=will,
+                        clean_session=True, keepalive=5, tls_context=self._tls_context(),
+                        max_queued_incoming_messages=0) as client:
+                    await client.subscribe(self.deployment.inbox_topic(self.me), qos=1)
+                    for peer in self.peers:
+                        await client.subscribe(self.deployment.presence_topic(peer), qos=1)
+                    await client.publish(self.deployment.presence_topic(self.me),
+                                         self._presence("online"), qos=1, retain=True)
+                    self._client = client
+                    self._connected.set()
+                    if backoff > 0.1:
+                        log.warning("%s: reconnected to the broker", self.me)
+                        await self._resend_all()
+                    backoff = 0.1
+                    async for message in client.messages:
+                        await self._dispatch(message)
+            except aiomqtt.MqttError as e:
+                self._connected.clear()
+                self._client = None
+                if self._closing:
+                    return
+                log.warning("%s: broker connection lost (%s); retrying in %.1f s", self.me, e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _resend_all(self, only: str | None = None) -> None:
+        client = self._client
+        for peer, box in self._outbox.items():
+            if only is not None and peer != only:
+                continue
+            for data in list(box):
+                with contextlib.suppress(aiomqtt.MqttError):
+                    if client is not None:
+                        await client.publish(self.deployment.inbox_topic(peer), data, qos=1)
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        if topic == self.deployment.inbox_topic(self.me):
+            self._on_envelope(payload)
+        elif topic.startswith(self.deployment.presence_topic("")):
+            await self._on_presence(topic.rsplit("/", 1)[-1], payload)
+
+    def _on_envelope(self, data: bytes) -> None:
+        try:
+            opened = self.sealer.open(data)
+        except DuplicateEnvelope:
+            return  # QoS 1 redelivery or our own re-send after a restart
+        except EnvelopeError as e:
+            self.rejected += 1
+            header = Sealer.peek_header(data)
+            log.warning("%s: rejected a message (%s): %s", self.me, e.reason, e)
+            self.transcript.record("rejected", header, size=len(data), digest=None,
+                                   signature=None, reason=f"{e.reason}: {e}")
+            return
+        h = opened.header
+        self.transcript.record("received", h, size=opened.size, digest=opened.digest,
+                               signature=opened.signature)
+        self._received[h.sender] = self._received.get(h.sender, 0) + 1
+        if h.kind == "msg":
+            self.mailbox.put(h.sender, f"{h.protocol}.{h.step}", opened.payload)
+        pending = self._pending_gone.get(h.sender)
+        if pending is not None and self._received[h.sender] >= pending:
+            del self._pending_gone[h.sender]
+            self.mailbox.mark_gone(h.sender)
+
+    async def _on_presence(self, peer: str, data: bytes) -> None:
+        if peer not in self.peers or not data:
+            return
+        try:
+            p = wire.decode(data)
+            sent = {str(k): int(v) for k, v in p["sent"].items()}
+            self._verify[peer].verify(bytes(p["sig"]), _presence_message(
+                peer, str(p["session"]), str(p["status"]), sent))
+        except (wire.WireError, KeyError, TypeError, ValueError, AttributeError, InvalidSignature):
+            log.warning("%s: ignored a malformed or forged presence message for '%s'", self.me, peer)
+            return
+        if p["session"] != self.session:
+            return  # a retained message from an earlier session
+        self._seen.add(peer)
+        if p["status"] == "online":
+            # It (re)subscribed: whatever we sent before may have gone nowhere.
+            await self._resend_all(only=peer)
+            self._online.add(peer)
+            self.mailbox.mark_back(peer)
+            self._pending_gone.pop(peer, None)
+        elif p["status"] == "offline":
+            expected = sent.get(self.me)
+            if expected is not None and self._received.get(peer, 0) < expected:
+                self._pending_gone[peer] = expected
+                asyncio.get_running_loop().call_later(GONE_GRACE_SECONDS, self._expire_gone, peer)
+            else:
+                log.warning("%s: party '%s' went offline", self.me, peer)
+                self.mailbox.mark_gone(peer)
+
+    async def wait_for_peers(self, timeout: float = 60.0) -> None:
+        """Wait until every peer has announced itself in this session (messages sent to
+        a party that has not subscribed yet would be lost by the broker)."""
+        deadline = time.monotonic() + timeout
+        while missing := sorted(set(self.peers) - self._seen):
+            if time.monotonic() > deadline:
+                raise ChannelError(f"part{'ies' if len(missing) > 1 else 'y'} "
+                                   f"{', '.join(missing)} did not come online within {timeout:g} s")
+            await asyncio.sleep(0.05)
+
+    def _expire_gone(self, peer: str) -> None:
+        if self._pending_gone.pop(peer, None) is not None:
+            self.mailbox.mark_gone(peer)

@@ -1,0 +1,164 @@
+"""Run one party of one protocol session: ``confidant party`` (and ``python -m parties.party``).
+
+Files, all under the work directory (default: the deployment file's folder):
+``transcripts/<name>.jsonl`` (appended, sealed per session), ``results/<name>.json``
+(the party's public result), ``state/<name>.state`` (private state kept between
+protocols, e.g. its Shamir share: mode 0600, like its key file), ``logs/``.
+Progress goes to stdout as JSON lines, for ``run_parties.py`` to show.
+
+Exit codes: 0 done; 1 the protocol failed (the error names the party at fault
+where it can); 2 bad command line, deployment or key file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mpc import wire
+from mpc.channel import ChannelError
+
+from .identity import Deployment, DeploymentError, PrivateKeys
+from .mqtt_channel import MqttChannel
+from .transcript import Transcript, transcript_path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def state_path(workdir: Path, name: str) -> Path:
+    return workdir / "state" / f"{name}.state"
+
+
+def load_state(workdir: Path, name: str) -> dict[str, Any]:
+    path = state_path(workdir, name)
+    if not path.exists():
+        return {}
+    state = wire.decode(path.read_bytes())
+    if not isinstance(state, dict):
+        raise DeploymentError(f"state file {path} is corrupted; delete it to start afresh")
+    return state
+
+
+def save_state(workdir: Path, name: str, state: dict[str, Any]) -> None:
+    path = state_path(workdir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(wire.encode(state))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, session: str,
+                    params: dict[str, Any], workdir: Path, peer_timeout: float = 60.0) -> dict:
+    """Connect, run this party's role of ``protocol``, and report. Returns the result record."""
+    import protocols
+    from protocols import RoleContext
+
+    name = keys.name
+    roles = {n: p.role for n, p in deployment.parties.items()}
+    role_fn = protocols.role_function(protocol, roles[name])
+    state = load_state(workdir, name)
+
+    def progress(message: str) -> None:
+        print(json.dumps({"party": name, "progress": message}), flush=True)
+
+    record: dict[str, Any] = {"party": name, "role": roles[name], "protocol": protocol,
+                              "session": session}
+    started = time.monotonic()
+    transcript = Transcript(transcript_path(workdir, name), name, keys.sign_key)
+    try:
+        channel = MqttChannel(deployment, keys, session, transcript)
+        await channel.start()
+        try:
+            await channel.wait_for_peers(peer_timeout)
+            progress("all peers online")
+            result = await role_fn(RoleContext(channel, roles, params, state, progress))
+            record.update(ok=True, result=result.public)
+            if result.private:
+                save_state(workdir, name, {**state, **result.private})
+        except Exception as e:  # reported by name in results, and the exit code
+            record.update(ok=False, error=f"{type(e).__name__}: {e}")
+        finally:
+            record["transport"] = {"sent_messages": channel.sent_messages,
+                                   "sent_bytes": channel.sent_bytes, "rejected": channel.rejected}
+            await channel.close()
+    finally:
+        transcript.close()
+    record["seconds"] = round(time.monotonic() - started, 3)
+    _write_json(workdir / "results" / f"{name}.json", record)
+    return record
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--deployment", required=True, help="deployment file (TOML)")
+    parser.add_argument("--name", required=True, help="this party's name in the deployment")
+    parser.add_argument("--key", required=True, help="this party's private key file")
+    parser.add_argument("--protocol", required=True, help="protocol to run, e.g. hcsetup")
+    parser.add_argument("--session", required=True,
+                        help="session id, the same for every party of this run")
+    parser.add_argument("--params", default="{}",
+                        help="public protocol parameters as JSON, or @FILE holding JSON")
+    parser.add_argument("--workdir", help="where transcripts, results and state go "
+                                          "(default: the deployment file's folder)")
+    parser.add_argument("--peer-timeout", type=float, default=60.0,
+                        help="seconds to wait for every peer to come online")
+    parser.add_argument("--log-level", default="WARNING")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
+    import protocols
+
+    try:
+        deployment = Deployment.load(args.deployment)
+        keys = PrivateKeys.load(args.key)
+        if keys.name != args.name:
+            raise DeploymentError(f"key file {args.key} belongs to '{keys.name}', not '{args.name}'")
+        deployment.check_keys(keys)
+        text = Path(args.params[1:]).read_text() if args.params.startswith("@") else args.params
+        params = json.loads(text)
+        if not isinstance(params, dict):
+            raise ValueError("parameters must be a JSON object")
+        protocols.role_function(args.protocol, deployment.role_of(args.name))
+    except (DeploymentError, ValueError, OSError, protocols.ProtocolError) as e:
+        print(f"confidant party: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    workdir = Path(args.workdir) if args.workdir else Path(args.deployment).resolve().parent
+    try:
+        record = asyncio.run(run_party(deployment, keys, args.protocol, args.session, params,
+                                       workdir, args.peer_timeout))
+    except ChannelError as e:
+        print(f"confidant party {args.name}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    if not record["ok"]:
+        print(f"confidant party {args.name}: {record['error']}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="confidant party", description=__doc__.splitlines()[0])
+    configure(parser)
+    sys.exit(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
