@@ -20,6 +20,7 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,31 @@ class Scenario:
     params: dict = field(default_factory=dict)
 
 
+# name -> (help, add_arguments(parser), build(args) -> list[Scenario]); one block per scenario
+SCENARIOS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
+                           Callable[[argparse.Namespace], list[Scenario]]]] = {}
+
+
+def scenario(name: str, help_text: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    def register(build: Callable[[argparse.Namespace], list[Scenario]]):
+        SCENARIOS[name] = (help_text, add_arguments, build)
+        return build
+    return register
+
+
+def _hashcomb_setup_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--owners", type=int, default=5)
+    p.add_argument("--threshold", type=int, default=0, help="Shamir threshold (default: majority)")
+    p.add_argument("--levels", type=int, default=8)
+    p.add_argument("--lo", type=float, default=-0.35)
+    p.add_argument("--hi", type=float, default=0.35)
+    p.add_argument("--delta", type=float, default=0.01)
+
+
+@scenario("hashcomb-setup", "owners jointly create the Hash-Comb secret", _hashcomb_setup_args)
 def hashcomb_setup(args: argparse.Namespace) -> list[Scenario]:
+    if args.owners < 2:
+        raise SystemExit("hashcomb-setup needs at least 2 owners")
     owners = [(f"owner{i}", "owner") for i in range(1, args.owners + 1)]
     params = {"levels": args.levels, "lo": args.lo, "hi": args.hi, "delta": args.delta}
     if args.threshold:
@@ -50,12 +75,23 @@ def hashcomb_setup(args: argparse.Namespace) -> list[Scenario]:
     return [Scenario("hcsetup", owners + [("aggregator", "aggregator")], params)]
 
 
+def _argmax2pc_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--classes", type=int, default=10)
+
+
+@scenario("argmax2pc", "2PC argmax between two processes with a dealer", _argmax2pc_args)
 def argmax2pc(args: argparse.Namespace) -> list[Scenario]:
     return [Scenario("argmax2pc", [("alice", "holder"), ("bob", "holder"), ("dealer", "dealer")],
                      {"batch": args.batch, "classes": args.classes})]
 
 
-SCENARIOS = {"hashcomb-setup": hashcomb_setup, "argmax2pc": argmax2pc}
+@scenario("demo", "what `make demo` runs: hashcomb-setup with 5 owners, then a 2PC argmax",
+          lambda p: None)
+def demo(args: argparse.Namespace) -> list[Scenario]:
+    parser = build_parser()
+    return [s for argv in (["hashcomb-setup"], ["argmax2pc", "--batch", "4"])
+            for s in scenarios_for(parser.parse_args(argv))]
 
 
 async def _pump(stream: asyncio.StreamReader, name: str) -> None:
@@ -169,33 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per session")
     sub = parser.add_subparsers(dest="scenario", required=True)
-    hc = sub.add_parser("hashcomb-setup", help="owners jointly create the Hash-Comb secret")
-    hc.add_argument("--owners", type=int, default=5)
-    hc.add_argument("--threshold", type=int, default=0, help="Shamir threshold (default: majority)")
-    hc.add_argument("--levels", type=int, default=8)
-    hc.add_argument("--lo", type=float, default=-0.35)
-    hc.add_argument("--hi", type=float, default=0.35)
-    hc.add_argument("--delta", type=float, default=0.01)
-    am = sub.add_parser("argmax2pc", help="2PC argmax between two processes with a dealer")
-    am.add_argument("--batch", type=int, default=1)
-    am.add_argument("--classes", type=int, default=10)
-    sub.add_parser("demo", help="hashcomb-setup with 5 owners, then a 2PC argmax")
+    for name, (help_text, add_arguments, _) in SCENARIOS.items():
+        add_arguments(sub.add_parser(name, help=help_text))
     return parser
 
 
 def scenarios_for(args: argparse.Namespace) -> list[Scenario]:
-    if args.scenario == "demo":
-        parser = build_parser()
-        return (hashcomb_setup(parser.parse_args(["hashcomb-setup"]))
-                + argmax2pc(parser.parse_args(["argmax2pc", "--batch", "4"])))
-    return SCENARIOS[args.scenario](args)
+    return SCENARIOS[args.scenario][2](args)
 
 
 def main() -> int:
     args = build_parser().parse_args()
-    if getattr(args, "owners", 2) < 2:
-        console.print("[red]need at least 2 owners[/]")
-        return 2
     try:
         return asyncio.run(main_async(args, scenarios_for(args)))
     except KeyboardInterrupt:

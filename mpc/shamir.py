@@ -18,7 +18,6 @@ detected. Reconstruction from more than t shares cross-checks the extra ones.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,8 +60,9 @@ class Share:
                               f"{self.kind}/{self.length} vs {other.kind}/{other.length})")
         blocks = tuple(bytes(x ^ y for x, y in zip(a, b, strict=True))
                        for a, b in zip(self.blocks, other.blocks, strict=True))
-        tag = hashlib.sha256(b"confidant-shamir-sum" + min(self.tag, other.tag)
-                             + max(self.tag, other.tag)).digest()[:16]
+        # XOR keeps the tag independent of the order in which shares are summed,
+        # so every party's share of the same sum carries the same tag.
+        tag = bytes(x ^ y for x, y in zip(self.tag, other.tag, strict=True))
         return Share(self.index, self.t, self.n, self.kind, self.length, tag, blocks)
 
     def to_dict(self) -> dict:

@@ -109,3 +109,13 @@ def test_bad_share_sets():
     relabeled = shamir.Share(9, 3, 5, "bytes", 10, shares[0].tag, shares[0].blocks)
     with pytest.raises(shamir.ShamirError, match="1..5"):
         shamir.reconstruct([relabeled, shares[1], shares[2]])
+
+
+def test_sum_tags_do_not_depend_on_summation_order():
+    parts = [shamir.share(secrets.token_bytes(48), 4, 3) for _ in range(3)]
+    # party 0 sums a+b+c, party 1 sums c+a+b, party 2 sums b+c+a
+    s0 = parts[0][0] + parts[1][0] + parts[2][0]
+    s1 = parts[2][1] + parts[0][1] + parts[1][1]
+    s2 = parts[1][2] + parts[2][2] + parts[0][2]
+    expected = bytes(a ^ b ^ c for a, b, c in zip(*(shamir.reconstruct(p) for p in parts)))
+    assert shamir.reconstruct([s0, s1, s2]) == expected
