@@ -87,7 +87,9 @@ def _affine_batch(o: _Ops, cts: list[seal.Ciphertext], step: Affine) -> list[sea
     out = []
     for j in range(step.W.shape[0]):
         acc = None
-        for i in np.flatnonzero(step.W[j]):
+        # A weight that encodes to 0 at scale q (e.g. shrunk by weight decay on a dead
+        # input) would make SEAL's result "transparent": skip it, its term is < 2^-40.
+        for i in np.flatnonzero(np.abs(step.W[j]) * q >= 1.0):
             t = o.mul_plain(cts[i], o.encode(float(step.W[j, i]), cts[i], q))
             if acc is None:
                 acc = t
@@ -128,7 +130,7 @@ def _affine_single(o: _Ops, v: seal.Ciphertext, step: Affine) -> seal.Ciphertext
         for b in range(min(B, K - g * B)):
             k = g * B + b
             d = Wp[i % m_p, (i + k) % n_p]
-            if not d.any():
+            if not (np.abs(d) * q >= 1.0).any():  # encodes to zero: see _affine_batch
                 continue
             t = o.mul_plain(baby[b], o.encode(np.roll(d, g * B), v, q))
             if inner is None:

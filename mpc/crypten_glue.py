@@ -286,16 +286,22 @@ def _make_tuple(req: dict) -> list[list[np.ndarray]]:
 
 
 async def serve_dealer(channel: Channel, parties: tuple[str, str], prefix: str = "mpc",
-                       timeout: float | None = 60.0) -> int:
+                       timeout: float | None = 60.0, tag: str = "") -> int:
     """Serve correlated randomness to one 2PC session until both parties say done.
 
     Both parties send the same request stream; the dealer answers a request only
-    when both agree on it, and sends each party only its own shares. Returns the
-    number of requests served.
+    when both agree on it, and sends each party only its own shares. Requests
+    carry the session's ``tag``; leftovers of an earlier session that was cut
+    short (a party died mid-2PC) are skipped. Returns the number of requests served.
     """
     served = 0
     while True:
-        reqs = [await channel.recv(p, f"{prefix}.tuple_req", timeout) for p in parties]
+        reqs = []
+        for p in parties:
+            req = await channel.recv(p, f"{prefix}.tuple_req", timeout)
+            while req.get("tag", "") != tag:  # stale: from an aborted session
+                req = await channel.recv(p, f"{prefix}.tuple_req", timeout)
+            reqs.append(req)
         if reqs[0] != reqs[1]:
             raise TwoPartyError(f"2PC parties {parties[0]!r} and {parties[1]!r} asked the dealer "
                                 "for different tuples; their computations diverged")
@@ -316,15 +322,15 @@ class DealerProvider(TupleProvider):
 
     NAME = "confidant-dealer"
 
-    def __init__(self, comm: ChannelCommunicator, dealer: str, prefix: str):
+    def __init__(self, comm: ChannelCommunicator, dealer: str, prefix: str, tag: str = ""):
         super().__init__()
-        self.comm, self.dealer, self.prefix = comm, dealer, prefix
+        self.comm, self.dealer, self.prefix, self.tag = comm, dealer, prefix, tag
         self.requests = 0
 
     def _fetch(self, req: dict) -> list[torch.Tensor]:
         self.requests += 1
         ch, t = self.comm.channel, self.comm.timeout
-        self.comm._call(ch.send(self.dealer, f"{self.prefix}.tuple_req", req))
+        self.comm._call(ch.send(self.dealer, f"{self.prefix}.tuple_req", {**req, "tag": self.tag}))
         got = self.comm._call(ch.recv(self.dealer, f"{self.prefix}.tuple", t))
         return [torch.from_numpy(np.asarray(a)) for a in got]
 
@@ -354,7 +360,8 @@ class DealerProvider(TupleProvider):
         return ArithmeticSharedTensor.from_shares(ra, precision=0), BinarySharedTensor.from_shares(rb)
 
     def done(self) -> None:
-        self.comm._call(self.comm.channel.send(self.dealer, f"{self.prefix}.tuple_req", {"fn": "done"}))
+        self.comm._call(self.comm.channel.send(self.dealer, f"{self.prefix}.tuple_req",
+                                               {"fn": "done", "tag": self.tag}))
 
 
 # --- the 2PC session ---------------------------------------------------------------
@@ -391,11 +398,11 @@ class TwoParty:
     """
 
     def __init__(self, channel: Channel, peer: str, dealer: str, prefix: str = "mpc",
-                 timeout: float | None = 60.0):
+                 timeout: float | None = 60.0, tag: str = ""):
         if peer == channel.me or dealer in (channel.me, peer):
             raise TwoPartyError("the 2PC needs two distinct parties and a dealer that is neither")
-        self.channel, self.peer, self.dealer, self.prefix, self.timeout = (
-            channel, peer, dealer, prefix, timeout)
+        self.channel, self.peer, self.dealer, self.prefix, self.timeout, self.tag = (
+            channel, peer, dealer, prefix, timeout, tag)
         self.names = tuple(sorted((channel.me, peer)))
         self._comm: ChannelCommunicator | None = None
         self._provider: DealerProvider | None = None
@@ -405,7 +412,7 @@ class TwoParty:
         loop = asyncio.get_running_loop()
         self._comm = ChannelCommunicator(self.channel, loop, self.names,
                                          f"{self.prefix}.crypten", self.timeout)
-        self._provider = DealerProvider(self._comm, self.dealer, self.prefix)
+        self._provider = DealerProvider(self._comm, self.dealer, self.prefix, self.tag)
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:

@@ -25,6 +25,9 @@ PROTOCOLS: dict[str, str] = {
     "argmax2pc": "protocols.argmax2pc",
     "hcsetup": "protocols.hcsetup",
     "hcrecover": "protocols.hcrecover",
+    "capc": "protocols.capc",
+    "hcfl": "protocols.hashcomb_fl",
+    "pingpong": "protocols.pingpong",
 }
 
 
@@ -42,6 +45,9 @@ class RoleContext:
     params: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[str], None] = lambda message: None
+    # objects the runner owns and hands in (files live in parties/), e.g. the
+    # privacy guardian's budget ledger; a protocol declares them in RESOURCES
+    resources: dict[str, Any] = field(default_factory=dict)
 
     @property
     def me(self) -> str:
