@@ -1,0 +1,417 @@
+"""Federated training over Hash-Comb tokens (issue 6), with a plain FedAvg mode to compare.
+
+Roles: K ``owner`` parties and one ``aggregator``. Run ``hcsetup`` first in the
+same work directory: it leaves each owner the shared key, seed and public
+hyper-parameters in its private state; the aggregator never gets the key.
+
+Each round (``encoding="hashcomb"``):
+
+1. every owner trains the current global model on its own data (same local
+   recipe and shuffling seeds in both modes) and takes the weight change;
+2. it multiplies the change by the public ``scale``, stochastically rounds it
+   to a leaf bin (unbiased: E[bin centre] = value inside the range), clips to
+   the tree's interval, encodes it under the shared key with a per-round
+   context (seed, session, round), XORs each token with a per-coordinate,
+   per-round mask (ChaCha20 keystream) and sends the histogram (``tokens``);
+3. the aggregator, without the key, sums the histograms coordinate by
+   coordinate and returns the aggregate to every owner (``aggregate``);
+4. owners unmask, decode the frequency-weighted mean of bin centres, divide
+   by ``scale``, apply it, and evaluate the new global model on the common test
+   split (the stratified 25 % held out by :func:`protocols.datasets.load_table`).
+
+``encoding="float"`` is plain FedAvg: owners send float32 changes (``floats``),
+the aggregator returns their mean (``mean``). Both modes weight owners equally.
+The steps differ by name, so a transcript shows which mode ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+from mpc import wire
+
+from . import ProtocolError, RoleContext, RoleResult
+from .datasets import SPLITS, TABLES, DatasetError, load_table, partition
+from .hashcomb import (
+    HashComb,
+    HashCombError,
+    HashCombParams,
+    TokenHistogram,
+    aggregate_histograms,
+    sample_levels,
+)
+
+NAME = "hcfl"
+RULES = {
+    ("owner", "aggregator", "tokens"),
+    ("aggregator", "owner", "aggregate"),
+    ("owner", "aggregator", "floats"),
+    ("aggregator", "owner", "mean"),
+}
+ENCODINGS = ("hashcomb", "float")
+
+
+@dataclass(frozen=True)
+class FLConfig:
+    """The public training settings; every party must run with the same ones."""
+
+    encoding: str = "hashcomb"
+    dataset: str = "digits"
+    split: str = "iid"
+    alpha: float = 0.5          # Dirichlet concentration of the non-IID split
+    data_seed: int = 0          # test split and partition
+    seed: int = 0               # model initialisation and local shuffling
+    model: str = "mlp"          # "mlp" (one hidden layer) or "logreg"
+    hidden: int = 32
+    rounds: int = 20
+    epochs: int = 1
+    lr: float = 0.3
+    batch: int = 32
+    scale: float = 1.0          # update x scale is what gets encoded
+    rounding: str = "stochastic"  # or "nearest" (deterministic bin of the value)
+    mask: bool = True           # per-coordinate token masking
+    timeout: float = 120.0
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> FLConfig:
+        known = set(cls.__dataclass_fields__)
+        kw = {k: v for k, v in params.items() if k in known}
+        try:
+            cfg = cls(**kw)
+            checks = [
+                (cfg.encoding in ENCODINGS, f"encoding must be one of {ENCODINGS}"),
+                (cfg.dataset in TABLES, f"dataset must be one of {TABLES}"),
+                (cfg.split in SPLITS, f"split must be one of {SPLITS}"),
+                (cfg.model in ("mlp", "logreg"), "model must be 'mlp' or 'logreg'"),
+                (cfg.rounding in ("stochastic", "nearest"), "rounding must be 'stochastic' or 'nearest'"),
+                (int(cfg.rounds) >= 1 and int(cfg.epochs) >= 1 and int(cfg.batch) >= 1
+                 and int(cfg.hidden) >= 1, "rounds, epochs, batch and hidden must be >= 1"),
+                (float(cfg.lr) > 0 and float(cfg.scale) > 0 and float(cfg.alpha) > 0
+                 and float(cfg.timeout) > 0, "lr, scale, alpha and timeout must be > 0"),
+            ]
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"bad hcfl parameters: {e}") from None
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise ProtocolError("bad hcfl parameters: " + "; ".join(bad))
+        return cfg
+
+
+# --------------------------------------------------------------------------- token helpers
+
+def hashcomb_params(hp: dict[str, Any]) -> HashCombParams:
+    """hcsetup's public parameters as :class:`HashCombParams` (its p = 0.0 means no randomization)."""
+    p = hp.get("p")
+    return HashCombParams(int(hp["levels"]), float(hp["lo"]), float(hp["hi"]),
+                          float(hp.get("delta", 0.0)), None if not p else float(p))
+
+
+def round_context(seed: bytes, session: str, rnd: int) -> bytes:
+    """Token-table context of one round: tables of different rounds and sessions are unrelated."""
+    return b"hcfl/v1" + seed + session.encode() + b"/" + rnd.to_bytes(4, "big")
+
+
+def coordinate_mask(key: bytes, context: bytes, dim: int) -> np.ndarray:
+    """One uint64 per coordinate from a ChaCha20 keystream under a key derived from the secret.
+
+    XORed onto tokens it keeps equality within a coordinate (all owners use the
+    same mask there, so the aggregator can still count) and removes it across
+    coordinates, so a frequency count over the whole vector no longer works.
+    """
+    k = hashlib.blake2b(context, key=key, digest_size=32, person=b"hcfl-mask").digest()
+    stream = Cipher(algorithms.ChaCha20(k, b"\0" * 16), mode=None).encryptor()
+    return np.frombuffer(stream.update(bytes(8 * dim)), dtype="<u8").astype(np.uint64)
+
+
+def quantize_tokens(hc: HashComb, values: np.ndarray, rounding: str,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Tokens of ``values``, clipped to the tree's interval.
+
+    Stochastic rounding adds a uniform dither of one bin width before binning,
+    so the decoded bin centre equals the value in expectation (for values at
+    least half a bin inside the interval); plain binning has a bias of up to
+    half a bin, the same sign for every owner, which FedAvg would not average
+    away. With the randomized release (p set) each value is dithered by the
+    width of its own random level.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    a, b = hc.interval
+    p = hc.params.p
+    if p is None:
+        if rounding == "stochastic":
+            w = hc.bin_width()
+            v = v + rng.uniform(-w / 2, w / 2, v.shape)
+        return hc.encode(np.clip(v, a, b), clip=True)
+    levels = sample_levels(v.size, hc.levels, p, rng)
+    out = np.empty(v.shape, dtype=np.uint64)
+    for k in np.unique(levels).tolist():
+        sel = levels == k
+        x = v[sel]
+        if rounding == "stochastic":
+            w = hc.bin_width(k)
+            x = x + rng.uniform(-w / 2, w / 2, x.shape)
+        out[sel] = hc.encode_level(np.clip(x, a, b), int(k), clip=True)
+    return out
+
+
+def unmask_histogram(hist: TokenHistogram, mask: np.ndarray | None) -> TokenHistogram:
+    """The aggregate with each coordinate's mask removed (tokens need not stay sorted to decode)."""
+    if mask is None:
+        return hist
+    coords = np.repeat(np.arange(hist.dim, dtype=np.int64), np.diff(hist.offsets))
+    return TokenHistogram(hist.dim, hist.offsets, hist.tokens ^ mask[coords], hist.counts,
+                          hist.fingerprint)
+
+
+def _secure_rng() -> np.random.Generator:
+    return np.random.default_rng(secrets.randbits(128))  # dither is noise: OS-seeded
+
+
+# --------------------------------------------------------------------------- model and training
+
+def make_model(cfg: FLConfig, features: int, classes: int) -> torch.nn.Module:
+    """The public architecture, initialised identically by every party from ``cfg.seed``."""
+    if cfg.model == "logreg":
+        model = torch.nn.Sequential(torch.nn.Linear(features, classes))
+    else:
+        model = torch.nn.Sequential(torch.nn.Linear(features, cfg.hidden), torch.nn.ReLU(),
+                                    torch.nn.Linear(cfg.hidden, classes))
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                bound = layer.in_features ** -0.5
+                for prm in (layer.weight, layer.bias):
+                    prm.copy_(torch.rand(prm.shape, generator=gen) * 2 * bound - bound)
+    return model
+
+
+def get_flat(model: torch.nn.Module) -> np.ndarray:
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach().numpy().copy()
+
+
+def set_flat(model: torch.nn.Module, flat: np.ndarray) -> None:
+    torch.nn.utils.vector_to_parameters(torch.as_tensor(flat, dtype=torch.float32),
+                                        model.parameters())
+
+
+@contextmanager
+def _one_thread():
+    """Small models run ~100x faster on one thread when several parties share the cores
+    (thread hand-offs dominate otherwise); the caller's setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def local_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
+                shuffle_seed: int) -> None:
+    with _one_thread():
+        _train(model, x, y, cfg, shuffle_seed)
+
+
+def _train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
+           shuffle_seed: int) -> None:
+    gen = torch.Generator().manual_seed(shuffle_seed)
+    opt = torch.optim.SGD(model.parameters(), lr=float(cfg.lr))
+    model.train()
+    for _ in range(int(cfg.epochs)):
+        order = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), int(cfg.batch)):
+            idx = order[i:i + int(cfg.batch)]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    with _one_thread():
+        return _evaluate(model, x, y)
+
+
+def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    model.eval()
+    logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits, y).item()
+    return float((logits.argmax(1) == y).float().mean().item()), float(loss)
+
+
+def shuffle_seed(cfg: FLConfig, owner_index: int, rnd: int) -> int:
+    return int(np.random.SeedSequence([int(cfg.seed), owner_index, rnd]).generate_state(1)[0])
+
+
+def owner_data(cfg: FLConfig, owners: int, index: int):
+    """This owner's training shard and the common test split (a simulation: each
+    owner loads the public toy data set and keeps only its own shard)."""
+    try:
+        data = load_table(cfg.dataset, seed=int(cfg.data_seed))
+        shards = partition(data.y_train, owners, cfg.split, seed=int(cfg.data_seed),
+                           alpha=float(cfg.alpha))
+    except DatasetError as e:
+        raise ProtocolError(str(e)) from None
+    mine = torch.as_tensor(shards[index])
+    return data.x_train[mine], data.y_train[mine], data.x_test, data.y_test, data.num_classes
+
+
+# --------------------------------------------------------------------------- roles
+
+def _secret_state(ctx: RoleContext) -> tuple[bytes, bytes, HashCombParams]:
+    missing = [k for k in ("hashcomb_key", "hashcomb_seed", "hashcomb_params") if k not in ctx.state]
+    if missing:
+        raise ProtocolError(f"owner '{ctx.me}' has no Hash-Comb secret ({', '.join(missing)} "
+                            "missing from its state): run the hcsetup protocol first in the same "
+                            "work directory (python run_parties.py hashcomb-fl does both)")
+    try:
+        return (bytes(ctx.state["hashcomb_key"]), bytes(ctx.state["hashcomb_seed"]),
+                hashcomb_params(ctx.state["hashcomb_params"]))
+    except (HashCombError, KeyError, TypeError, ValueError) as e:
+        raise ProtocolError(f"owner '{ctx.me}' has unusable Hash-Comb parameters in its state: {e}") \
+            from None
+
+
+async def owner(ctx: RoleContext) -> RoleResult:
+    cfg = FLConfig.from_params(ctx.params)
+    owners = ctx.with_role("owner")
+    aggregator = ctx.one_with_role("aggregator")
+    index = owners.index(ctx.me)
+    chatty = index == 0  # one owner reports every round; the others only start and end
+    ch = ctx.channel
+    hashcomb = cfg.encoding == "hashcomb"
+    if hashcomb:
+        key, seed, hp = _secret_state(ctx)
+    x, y, x_test, y_test, classes = owner_data(cfg, len(owners), index)
+    model = make_model(cfg, x.shape[1], classes)
+    dim = sum(p.numel() for p in model.parameters())
+    rng = _secure_rng()
+    ctx.progress(f"{cfg.encoding} FL on {cfg.dataset} ({cfg.split}): {len(y)} local samples, "
+                 f"{dim} parameters, {cfg.rounds} rounds")
+    rounds = []
+    for r in range(int(cfg.rounds)):
+        t0 = time.perf_counter()
+        w0 = get_flat(model)
+        local_train(model, x, y, cfg, shuffle_seed(cfg, index, r))
+        change = get_flat(model) - w0
+        t_train = time.perf_counter() - t0
+        if hashcomb:
+            context = round_context(seed, ch.session, r)
+            hc = HashComb.from_params(hp, key=key, context=context)
+            scaled = change.astype(np.float64) * float(cfg.scale)
+            lo, hi = hc.interval
+            clipped = float(np.mean((scaled < lo) | (scaled > hi)))
+            tokens = quantize_tokens(hc, scaled, cfg.rounding, rng)
+            mask = coordinate_mask(key, context, dim) if cfg.mask else None
+            if mask is not None:
+                tokens = tokens ^ mask
+            payload = {"round": r, "hist": TokenHistogram.from_tokens(tokens, hc.fingerprint).to_wire()}
+            step_out, step_in = "tokens", "aggregate"
+        else:
+            clipped = 0.0
+            payload = {"round": r, "update": change.astype(np.float32)}
+            step_out, step_in = "floats", "mean"
+        sent = len(wire.encode(payload))
+        await ch.send(aggregator, f"{NAME}.{step_out}", payload)
+        reply = await ch.recv(aggregator, f"{NAME}.{step_in}", float(cfg.timeout))
+        received = len(wire.encode(reply))
+        if not isinstance(reply, dict) or reply.get("round") != r:
+            raise ProtocolError(f"the aggregator answered round {r} with "
+                                f"{reply.get('round') if isinstance(reply, dict) else reply!r}")
+        if "error" in reply:
+            raise ProtocolError(f"the aggregator aborted round {r}: {reply['error']}")
+        if hashcomb:
+            try:
+                agg = unmask_histogram(TokenHistogram.from_wire(reply["hist"]), mask)
+                counts = agg.coordinate_totals()
+                if agg.dim != dim or np.any(counts != len(owners)):
+                    raise ProtocolError(f"round {r}: the aggregate does not hold one contribution "
+                                        f"from each of the {len(owners)} owners per coordinate")
+                mean = (hc.decode_histogram(agg) / float(cfg.scale)).astype(np.float32)
+            except (HashCombError, KeyError) as e:
+                raise ProtocolError(f"round {r}: cannot decode the aggregate: {e}") from None
+        else:
+            mean = np.asarray(reply.get("mean"))
+            if mean.shape != (dim,) or mean.dtype != np.float32:
+                raise ProtocolError(f"round {r}: the aggregator's mean has shape {mean.shape} "
+                                    f"and dtype {mean.dtype}, expected ({dim},) float32")
+        set_flat(model, w0 + mean)
+        acc, loss = evaluate(model, x_test, y_test)
+        rounds.append({"round": r + 1, "accuracy": round(acc, 4), "loss": round(loss, 4),
+                       "bytes_sent": sent, "bytes_received": received, "clipped": round(clipped, 5),
+                       "train_seconds": round(t_train, 4),
+                       "seconds": round(time.perf_counter() - t0, 4)})
+        if chatty:
+            ctx.progress(f"round {r + 1}/{cfg.rounds}: test accuracy {acc:.3f}, loss {loss:.3f}, "
+                         f"sent {sent} B" + (f", clipped {clipped:.2%}" if hashcomb else ""))
+    final = get_flat(model)
+    ctx.progress(f"done: final test accuracy {rounds[-1]['accuracy']:.3f}")
+    public = {"role": "owner", "encoding": cfg.encoding, "config": asdict(cfg),
+              "samples": len(y), "dimension": dim, "rounds": rounds,
+              "final_accuracy": rounds[-1]["accuracy"],
+              "model_digest": hashlib.sha256(final.tobytes()).hexdigest()[:16]}
+    if hashcomb:
+        public["hashcomb"] = {**hp.as_dict(), "masked": cfg.mask, "rounding": cfg.rounding}
+    return RoleResult(public, private={f"hcfl_model_{cfg.encoding}": final})
+
+
+async def _abort(ctx: RoleContext, owners: list[str], step: str, r: int, message: str) -> None:
+    for name in owners:
+        await ctx.channel.send(name, f"{NAME}.{step}", {"round": r, "error": message})
+    raise ProtocolError(message)
+
+
+async def aggregator(ctx: RoleContext) -> RoleResult:
+    cfg = FLConfig.from_params(ctx.params)
+    owners = ctx.with_role("owner")
+    hashcomb = cfg.encoding == "hashcomb"
+    step_in, step_out = ("tokens", "aggregate") if hashcomb else ("floats", "mean")
+    stats = []
+    for r in range(int(cfg.rounds)):
+        t0 = time.perf_counter()
+        got = {name: await ctx.channel.recv(name, f"{NAME}.{step_in}", float(cfg.timeout))
+               for name in owners}
+        late = [n for n, g in got.items() if not isinstance(g, dict) or g.get("round") != r]
+        if late:
+            await _abort(ctx, owners, step_out, r, f"owners {late} sent a message for another "
+                         f"round than {r}")
+        if hashcomb:
+            try:
+                agg = aggregate_histograms([TokenHistogram.from_wire(g.get("hist"))
+                                            for g in got.values()])
+            except HashCombError as e:
+                await _abort(ctx, owners, step_out, r, f"cannot aggregate round {r}: {e}")
+            reply = {"round": r, "hist": agg.to_wire()}
+            distinct = round(agg.tokens.size / max(agg.dim, 1), 3)
+        else:
+            ups = [np.asarray(g.get("update")) for g in got.values()]
+            shapes = {(u.shape, u.dtype.str) for u in ups}
+            if len(shapes) != 1 or ups[0].ndim != 1 or ups[0].dtype != np.float32:
+                await _abort(ctx, owners, step_out, r, f"owners sent updates of different or "
+                             f"non-float32 shapes {sorted(map(str, shapes))}")
+            reply = {"round": r, "mean": np.mean(np.stack(ups).astype(np.float64), 0)
+                     .astype(np.float32)}
+            distinct = None
+        for name in owners:
+            await ctx.channel.send(name, f"{NAME}.{step_out}", reply)
+        stats.append({"round": r + 1, "distinct_per_coordinate": distinct,
+                      "bytes_out_each": len(wire.encode(reply)),
+                      "seconds": round(time.perf_counter() - t0, 4)})
+        ctx.progress(f"round {r + 1}/{cfg.rounds}: aggregated {len(owners)} "
+                     + ("token histograms" if hashcomb else "float updates")
+                     + (f" ({distinct} distinct tokens per coordinate)" if hashcomb else ""))
+    return RoleResult({"role": "aggregator", "encoding": cfg.encoding, "owners": len(owners),
+                       "rounds": stats})
+
+
+ROLES = {"owner": owner, "aggregator": aggregator}
