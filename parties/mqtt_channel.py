@@ -5,17 +5,19 @@
   encrypted for its recipient. What the broker relays is headers and ciphertext.
 * Bad input never stops the party: garbage, forgeries, replays, messages for
   someone else are rejected, logged and written to the transcript as rejected.
-  QoS 1 duplicates (same sender, session, seq) are dropped quietly.
+  Duplicates (same sender, session, seq: QoS 1 redeliveries, re-sends, replays)
+  are dropped too, and recorded as rejected with reason ``duplicate``.
 * Presence: a retained, signed ``online``/``offline`` message per party, with a
   pre-signed ``offline`` as the MQTT last will. A peer whose ``offline`` arrives
   while we wait for it makes ``recv`` fail at once with :class:`PeerGone`
   naming it. A graceful ``offline`` carries how many messages the party sent to
   each peer, so a peer is declared gone only after its last message arrived.
 * Broker restarts: the client reconnects with exponential backoff, resubscribes
-  and republishes its presence. Envelopes published while the broker was down,
-  or not yet delivered when it died, are re-sent from a bounded outbox when we
-  reconnect and whenever a peer announces it is (back) online; receivers drop
-  the duplicates by sequence number.
+  and republishes its presence. Envelopes are kept in a bounded outbox: those
+  the broker never acknowledged are re-sent when we reconnect, and when a peer
+  announces it is (back) online, with how many of our envelopes it holds, we
+  re-send it the rest (the broker may have lost them when it died). Receivers
+  drop the duplicates by sequence number.
 """
 
 from __future__ import annotations
@@ -47,9 +49,22 @@ OUTBOX_PER_PEER = 256          # envelopes kept per peer for re-sending after a 
 GONE_GRACE_SECONDS = 5.0        # how long a graceful 'offline' may wait for in-flight messages
 
 
-def _presence_message(party: str, session: str, status: str, sent: dict[str, int]) -> bytes:
-    counts = ",".join(f"{k}={v}" for k, v in sorted(sent.items()))
-    return _PRESENCE_DOMAIN + f"{party}\x00{session}\x00{status}\x00{counts}".encode()
+def _counts(counts: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
+def _presence_message(party: str, session: str, status: str, sent: dict[str, int],
+                      have: dict[str, int]) -> bytes:
+    return _PRESENCE_DOMAIN + f"{party}\x00{session}\x00{status}\x00{_counts(sent)}\x00{_counts(have)}".encode()
+
+
+class _Outgoing:
+    """An envelope kept for re-sending; ``acked`` once the broker took it (PUBACK)."""
+
+    __slots__ = ("seq", "data", "acked")
+
+    def __init__(self, seq: int, data: bytes):
+        self.seq, self.data, self.acked = seq, data, False
 
 
 class MqttChannel(Channel):
@@ -70,9 +85,13 @@ class MqttChannel(Channel):
         self._connected = asyncio.Event()
         self._closing = False
         self._runner: asyncio.Task | None = None
-        self._outbox: dict[str, deque[bytes]] = {p: deque(maxlen=OUTBOX_PER_PEER) for p in self.peers}
+        self._outbox: dict[str, deque[_Outgoing]] = {p: deque(maxlen=OUTBOX_PER_PEER)
+                                                      for p in self.peers}
         self._sent: dict[str, int] = dict.fromkeys(self.peers, 0)
         self._received: dict[str, int] = dict.fromkeys(self.peers, 0)
+        # per peer: every seq below have[peer] arrived; early[peer]: seqs above that did
+        self._have: dict[str, int] = dict.fromkeys(self.peers, 0)
+        self._early: dict[str, set[int]] = {p: set() for p in self.peers}
         self._pending_gone: dict[str, int] = {}
         self._online: set[str] = set()
         self._seen: set[str] = set()   # peers that announced themselves in this session
@@ -140,28 +159,33 @@ class MqttChannel(Channel):
         sealed = self.sealer.seal(to, protocol, step, payload, kind=kind)
         self.transcript.record("sent", sealed.header, size=sealed.size, digest=sealed.digest,
                                signature=sealed.signature)
-        self._outbox[to].append(sealed.data)
+        out = _Outgoing(sealed.header.seq, sealed.data)
+        self._outbox[to].append(out)
         self._sent[to] += 1
         self.sent_bytes += sealed.size
         self.sent_messages += 1
-        await self._publish(self.deployment.inbox_topic(to), sealed.data)
+        await self._publish(to, out)
 
-    async def _publish(self, topic: str, data: bytes) -> None:
+    async def _publish(self, to: str, out: _Outgoing) -> None:
         # If the broker is down the message stays in the outbox and is re-sent
         # on reconnect; we do not block the protocol on it here.
         client = self._client
         if client is None or not self._connected.is_set():
             return
         try:
-            await client.publish(topic, data, qos=1)
+            await client.publish(self.deployment.inbox_topic(to), out.data, qos=1)
+            out.acked = True
         except aiomqtt.MqttError as e:
             log.warning("%s: publish failed (%s); will re-send after reconnect", self.me, e)
 
     def _presence(self, status: str) -> bytes:
+        # 'online' tells peers how much of their traffic we hold (so they re-send
+        # only the rest); a graceful 'offline' how much we sent to each of them.
         sent = dict(self._sent) if status == "offline" and self._closing else {}
-        sig = self.keys.sign_key.sign(_presence_message(self.me, self.session, status, sent))
+        have = dict(self._have) if status == "online" else {}
+        sig = self.keys.sign_key.sign(_presence_message(self.me, self.session, status, sent, have))
         return wire.encode({"party": self.me, "session": self.session, "status": status,
-                            "sent": sent, "sig": sig})
+                            "sent": sent, "have": have, "sig": sig})
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self.deployment.uses_tls:
@@ -193,7 +217,7 @@ class MqttChannel(Channel):
                     self._connected.set()
                     if backoff > 0.1:
                         log.warning("%s: reconnected to the broker", self.me)
-                        await self._resend_all()
+                        await self._resend(unacked_only=True)
                     backoff = 0.1
                     async for message in client.messages:
                         await self._dispatch(message)
@@ -206,15 +230,16 @@ class MqttChannel(Channel):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    async def _resend_all(self, only: str | None = None) -> None:
-        client = self._client
+    async def _resend(self, only: str | None = None, from_seq: int = 0,
+                      unacked_only: bool = False) -> None:
+        """Re-send kept envelopes: those the broker never took, or, for a peer that
+        (re)subscribed, every one from the first seq it does not hold."""
         for peer, box in self._outbox.items():
             if only is not None and peer != only:
                 continue
-            for data in list(box):
-                with contextlib.suppress(aiomqtt.MqttError):
-                    if client is not None:
-                        await client.publish(self.deployment.inbox_topic(peer), data, qos=1)
+            for out in list(box):
+                if out.seq >= from_seq and not (unacked_only and out.acked):
+                    await self._publish(peer, out)
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
@@ -227,19 +252,25 @@ class MqttChannel(Channel):
     def _on_envelope(self, data: bytes) -> None:
         try:
             opened = self.sealer.open(data)
-        except DuplicateEnvelope:
-            return  # QoS 1 redelivery or our own re-send after a restart
         except EnvelopeError as e:
+            # A duplicate is a QoS 1 redelivery, a peer's re-send after a broker
+            # restart, or a replay: routine, so only logged at debug level, but
+            # recorded like every refusal so the transcript shows what arrived.
             self.rejected += 1
-            header = Sealer.peek_header(data)
-            log.warning("%s: rejected a message (%s): %s", self.me, e.reason, e)
-            self.transcript.record("rejected", header, size=len(data), digest=None,
-                                   signature=None, reason=f"{e.reason}: {e}")
+            level = logging.DEBUG if isinstance(e, DuplicateEnvelope) else logging.WARNING
+            log.log(level, "%s: rejected a message (%s)", self.me, e)
+            self.transcript.record("rejected", Sealer.peek_header(data), size=len(data),
+                                   digest=None, signature=None, reason=e.reason)
             return
         h = opened.header
         self.transcript.record("received", h, size=opened.size, digest=opened.digest,
                                signature=opened.signature)
         self._received[h.sender] = self._received.get(h.sender, 0) + 1
+        early = self._early[h.sender]
+        early.add(h.seq)
+        while self._have[h.sender] in early:
+            early.discard(self._have[h.sender])
+            self._have[h.sender] += 1
         if h.kind == "msg":
             self.mailbox.put(h.sender, f"{h.protocol}.{h.step}", opened.payload)
         pending = self._pending_gone.get(h.sender)
@@ -253,8 +284,9 @@ class MqttChannel(Channel):
         try:
             p = wire.decode(data)
             sent = {str(k): int(v) for k, v in p["sent"].items()}
+            have = {str(k): int(v) for k, v in p["have"].items()}
             self._verify[peer].verify(bytes(p["sig"]), _presence_message(
-                peer, str(p["session"]), str(p["status"]), sent))
+                peer, str(p["session"]), str(p["status"]), sent, have))
         except (wire.WireError, KeyError, TypeError, ValueError, AttributeError, InvalidSignature):
             log.warning("%s: ignored a malformed or forged presence message for '%s'", self.me, peer)
             return
@@ -262,8 +294,8 @@ class MqttChannel(Channel):
             return  # a retained message from an earlier session
         self._seen.add(peer)
         if p["status"] == "online":
-            # It (re)subscribed: whatever we sent before may have gone nowhere.
-            await self._resend_all(only=peer)
+            # It (re)subscribed: what it does not hold yet may have gone nowhere.
+            await self._resend(only=peer, from_seq=have.get(self.me, 0))
             self._online.add(peer)
             self.mailbox.mark_back(peer)
             self._pending_gone.pop(peer, None)
