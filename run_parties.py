@@ -29,9 +29,10 @@ from rich.table import Table
 
 from parties.audit import audit_run
 from parties.broker import EmbeddedBroker
-from parties.identity import new_local_deployment
+from parties.identity import Deployment, new_local_deployment
 
-console = Console(highlight=False)
+# wide enough for the results tables when output goes to a file or CI log
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 @dataclass
@@ -41,6 +42,11 @@ class Scenario:
     protocol: str
     parties: list[tuple[str, str]]
     params: dict = field(default_factory=dict)
+    # run in the previous session's run dir with its deployment (same parties), so the
+    # parties keep the private state earlier sessions stored (e.g. hcsetup's key for hcfl)
+    same_run_dir: bool = False
+    extra_args: dict[str, list[str]] = field(default_factory=dict)   # per party, e.g. --ledger
+    report: Callable[[Path, dict], None] | None = None                # after the session: plots
 
 
 # name -> (help, add_arguments(parser), build(args) -> list[Scenario]); one block per scenario
@@ -75,6 +81,97 @@ def hashcomb_setup(args: argparse.Namespace) -> list[Scenario]:
     return [Scenario("hcsetup", owners + [("aggregator", "aggregator")], params)]
 
 
+def _hashcomb_fl_args(p: argparse.ArgumentParser) -> None:
+    _hashcomb_setup_args(p)
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine"])
+    p.add_argument("--split", default="iid", choices=["iid", "noniid"])
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet skew of --split noniid")
+    p.add_argument("--model", default="mlp", choices=["mlp", "logreg"])
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=1, help="local epochs per round")
+    p.add_argument("--lr", type=float, default=0.3)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--scale", type=float, default=1.0, help="updates x scale are encoded")
+    p.add_argument("--rounding", default="stochastic", choices=["stochastic", "nearest"])
+    p.add_argument("--no-mask", action="store_true", help="do not mask tokens per coordinate")
+    p.add_argument("--seed", type=int, default=0, help="model init, shuffling and data split")
+    p.add_argument("--no-baseline", action="store_true", help="skip the plain FedAvg session")
+    p.add_argument("--plot", help="also save the accuracy plot here")
+
+
+@scenario("hashcomb-fl", "federated training over Hash-Comb tokens, beside plain FedAvg",
+          _hashcomb_fl_args)
+def hashcomb_fl(args: argparse.Namespace) -> list[Scenario]:
+    setup = hashcomb_setup(args)[0]
+    fl = {"rounds": args.rounds, "dataset": args.dataset, "split": args.split, "alpha": args.alpha,
+          "model": args.model, "hidden": args.hidden, "epochs": args.epochs, "lr": args.lr,
+          "batch": args.batch, "scale": args.scale, "rounding": args.rounding,
+          "mask": not args.no_mask, "seed": args.seed, "data_seed": args.seed}
+    encodings = ["hashcomb"] + ([] if args.no_baseline else ["float"])
+    done: list[dict] = []
+
+    def report(run_dir: Path, session: dict) -> None:
+        done.append(session)
+        if len(done) == len(encodings):
+            _hashcomb_fl_report(args, run_dir, dict(zip(encodings, done, strict=True)))
+
+    return [setup] + [Scenario("hcfl", setup.parties, {**fl, "encoding": e}, same_run_dir=True,
+                               report=report) for e in encodings]
+
+
+def _hashcomb_fl_report(args: argparse.Namespace, run_dir: Path, sessions: dict[str, dict]) -> None:
+    """Per-round table (accuracy, bytes and time per owner) and the accuracy plot."""
+    curves: dict[str, list[dict]] = {}
+    for enc, session in sessions.items():
+        owners = [r for r in session["parties"].values() if r.get("role") == "owner"]
+        if not owners or not all(r.get("ok") for r in owners):
+            console.print(f"[red]{enc} session failed; no comparison[/]")
+            return
+        if len({r["result"]["model_digest"] for r in owners}) != 1:
+            console.print(f"[red]{enc}: the owners ended with different models[/]")
+        curves[enc] = owners[0]["result"]["rounds"]
+    names = {"hashcomb": "Hash-Comb", "float": "FedAvg (float32)"}
+    table = Table(title=f"hashcomb-fl: {args.dataset}, {args.split}, {args.owners} owners, "
+                        f"L={args.levels}; test accuracy (common held-out 25 %) per round")
+    table.add_column("round")
+    for enc in curves:
+        table.add_column(f"{names[enc]} acc")
+    for enc in curves:
+        table.add_column(f"{names[enc]} B sent/owner")
+    for enc in curves:
+        table.add_column(f"{names[enc]} s/round")
+    for i in range(len(curves["hashcomb"])):
+        table.add_row(str(i + 1), *[f"{c[i]['accuracy']:.4f}" for c in curves.values()],
+                      *[str(c[i]["bytes_sent"]) for c in curves.values()],
+                      *[f"{c[i]['seconds']:.3f}" for c in curves.values()])
+    console.print(table)
+    final = {enc: c[-1]["accuracy"] for enc, c in curves.items()}
+    if "float" in final:
+        console.print(f"final accuracy: Hash-Comb {final['hashcomb']:.4f}, FedAvg "
+                      f"{final['float']:.4f} (difference "
+                      f"{100 * (final['hashcomb'] - final['float']):+.2f} points)")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for enc, c in curves.items():
+        ax.plot([r["round"] for r in c], [r["accuracy"] for r in c], marker="o", ms=3,
+                label=f"{names[enc]} (final {final[enc]:.3f})")
+    ax.set(xlabel="round", ylabel="test accuracy",
+           title=f"{args.dataset}, {args.split}, {args.owners} owners, L = {args.levels}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths = [run_dir / "hashcomb_fl.png"] + ([Path(args.plot)] if args.plot else [])
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        console.print(f"plot: {path}")
+    plt.close(fig)
+
+
 def _argmax2pc_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--classes", type=int, default=10)
@@ -84,6 +181,49 @@ def _argmax2pc_args(p: argparse.ArgumentParser) -> None:
 def argmax2pc(args: argparse.Namespace) -> list[Scenario]:
     return [Scenario("argmax2pc", [("alice", "holder"), ("bob", "holder"), ("dealer", "dealer")],
                      {"batch": args.batch, "classes": args.classes})]
+
+
+def _capc_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parties", type=int, default=5, help="data parties (QP and APs)")
+    p.add_argument("--qps", type=int, default=1, help="how many parties act as QP in turn")
+    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine"])
+    p.add_argument("--split", default="iid", choices=["iid", "noniid"])
+    p.add_argument("--heterogeneous", action="store_true", help="different model architectures")
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--mode", default="crypto", choices=["crypto", "plaintext"])
+    p.add_argument("--threshold", type=float, default=None,
+                   help="Confident-GNMax vote threshold (default: plain GNMax)")
+    p.add_argument("--sigma-threshold", type=float, default=2.0)
+    p.add_argument("--sigma-gnmax", type=float, default=1.0)
+    p.add_argument("--budget", type=float, default=1e6, help="PG's epsilon budget")
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise-seed", type=int, default=None,
+                   help="INSECURE fixed PG noise, to compare runs; never in deployment")
+
+
+@scenario("capc", "CaPC: private collaborative labelling, retraining, results", _capc_args)
+def capc(args: argparse.Namespace) -> list[Scenario]:
+    from parties.reports import capc_report
+
+    if args.parties < 2 or not 1 <= args.qps <= args.parties:
+        raise SystemExit("capc needs at least 2 parties and 1 <= --qps <= --parties")
+    members = [f"party{i}" for i in range(1, args.parties + 1)]
+    params = {"dataset": args.dataset, "split": args.split, "heterogeneous": args.heterogeneous,
+              "queries": args.queries, "batch_size": args.batch_size, "mode": args.mode,
+              "threshold": args.threshold, "sigma_threshold": args.sigma_threshold,
+              "sigma_gnmax": args.sigma_gnmax, "epsilon_budget": args.budget, "delta": args.delta,
+              "epochs": args.epochs, "seed": args.seed, "noise_seed": args.noise_seed}
+    # One ledger for the guardian across every QP's session: all answers spend
+    # the same answering parties' privacy.
+    ledger = str(Path(args.runs_dir).resolve() / f"pg-ledger-{time.strftime('%Y%m%d-%H%M%S')}"
+                 f"-{secrets.token_hex(2)}.jsonl")
+    return [Scenario("capc", [(m, "qp" if m == qp else "ap") for m in members]
+                     + [("guardian", "pg"), ("dealer", "dealer")], params,
+                     extra_args={"guardian": ["--ledger", ledger]}, report=capc_report)
+            for qp in members[:args.qps]]
 
 
 @scenario("demo", "what `make demo` runs: hashcomb-setup with 5 owners, then a 2PC argmax",
@@ -105,7 +245,12 @@ async def _pump(stream: asyncio.StreamReader, name: str) -> None:
 
 
 async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeout: float) -> dict:
-    deployment = new_local_deployment(run_dir, scenario.parties, broker_url, name=run_dir.name)
+    if scenario.same_run_dir and (run_dir / "deployment.toml").exists():
+        deployment = Deployment.load(run_dir / "deployment.toml")
+        if sorted((n, p.role) for n, p in deployment.parties.items()) != sorted(scenario.parties):
+            raise SystemExit(f"{scenario.protocol}: same_run_dir needs the previous session's parties")
+    else:
+        deployment = new_local_deployment(run_dir, scenario.parties, broker_url, name=run_dir.name)
     session = secrets.token_hex(8)
     (run_dir / "logs").mkdir(exist_ok=True)
     params_file = run_dir / f"params-{scenario.protocol}.json"
@@ -120,7 +265,7 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
                 "--name", name, "--key", str(run_dir / "keys" / f"{name}.key"),
                 "--protocol", scenario.protocol, "--session", session,
                 "--params", f"@{params_file}", "--workdir", str(run_dir),
-                stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True)
+                *scenario.extra_args.get(name, []), stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True)
             log.close()
             pumps.append(asyncio.create_task(_pump(procs[name].stdout, name)))
         await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs.values())), timeout)
@@ -156,11 +301,12 @@ def print_results(session: dict) -> None:
         table.add_column(col)
     for name, rec in session["parties"].items():
         res = rec.get("result") or {}
-        shown = {k: v for k, v in res.items() if k not in ("role", "params")} if rec.get("ok") else rec.get("error")
+        shown = ({k: v for k, v in res.items() if k != "role" and isinstance(v, (int, float, str))}
+                 if rec.get("ok") else rec.get("error"))
         tr = rec.get("transport", {})
         table.add_row(name, str(rec.get("role", "?")), "yes" if rec.get("ok") else "[red]NO[/]",
                       str(rec.get("seconds", "")), str(tr.get("sent_messages", "")),
-                      str(tr.get("sent_bytes", "")), json.dumps(shown, default=str)[:90])
+                      str(tr.get("sent_bytes", "")), json.dumps(shown, default=str)[:300])
     console.print(table)
 
 
@@ -176,17 +322,23 @@ async def main_async(args: argparse.Namespace, scenarios: list[Scenario]) -> int
             console.print(f"embedded broker on {broker.url}")
         url = args.broker or broker.url
         for i, scenario in enumerate(scenarios):
-            run_dir = base / (stamp + (f"-{scenario.protocol}" if len(scenarios) > 1 else "")
-                              + f"-{secrets.token_hex(2)}")
-            run_dir.mkdir(parents=True)
-            run_dirs.append(run_dir)
+            if not (scenario.same_run_dir and run_dirs):
+                run_dir = base / (stamp + (f"-{scenario.protocol}" if len(scenarios) > 1 else "")
+                                  + f"-{secrets.token_hex(2)}")
+                run_dir.mkdir(parents=True)
+                run_dirs.append(run_dir)
+                dir_sessions = []
             console.print(f"[bold]{scenario.protocol}[/]: {len(scenario.parties)} party processes "
                           f"({i + 1}/{len(scenarios)})")
             session = await run_session(run_dir, scenario, url, args.timeout)
             print_results(session)
+            if scenario.report is not None:
+                scenario.report(run_dir, session)
             report = audit_run(run_dir)
             session["audit"] = report.to_json()
-            (run_dir / "results.json").write_text(json.dumps(session, indent=2, default=str) + "\n")
+            dir_sessions.append(session)
+            summary = session if len(dir_sessions) == 1 else {"sessions": dir_sessions}
+            (run_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
             all_ok = all(r.get("ok") for r in session["parties"].values())
             console.print(f"audit: {'[green]clean[/]' if report.ok else f'[red]{len(report.errors)} problem(s)[/]'}"
                           + ("" if report.ok else f" (confidant audit {run_dir})"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from mpc.channel import ChannelError
 
 from .identity import Deployment, DeploymentError, PrivateKeys
 from .mqtt_channel import MqttChannel
+from .resources import open_resources
 from .transcript import Transcript, transcript_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -64,7 +66,8 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, session: str,
-                    params: dict[str, Any], workdir: Path, peer_timeout: float = 60.0) -> dict:
+                    params: dict[str, Any], workdir: Path, peer_timeout: float = 60.0,
+                    ledger_path: Path | None = None) -> dict:
     """Connect, run this party's role of ``protocol``, and report. Returns the result record."""
     import protocols
     from protocols import RoleContext
@@ -87,7 +90,11 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
         try:
             await channel.wait_for_peers(peer_timeout)
             progress("all peers online")
-            result = await role_fn(RoleContext(channel, roles, params, state, progress))
+            with contextlib.ExitStack() as stack:
+                resources = open_resources(protocols.load(protocol), roles[name], name, workdir,
+                                           params, stack, ledger_path)
+                result = await role_fn(RoleContext(channel, roles, params, state, progress,
+                                                   resources))
             record.update(ok=True, result=result.public)
             if result.private:
                 save_state(workdir, name, {**state, **result.private})
@@ -115,6 +122,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="public protocol parameters as JSON, or @FILE holding JSON")
     parser.add_argument("--workdir", help="where transcripts, results and state go "
                                           "(default: the deployment file's folder)")
+    parser.add_argument("--ledger", help="privacy guardian: its budget ledger file "
+                                         "(default: WORKDIR/ledger/NAME.jsonl)")
     parser.add_argument("--peer-timeout", type=float, default=60.0,
                         help="seconds to wait for every peer to come online")
     parser.add_argument("--log-level", default="WARNING")
@@ -142,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(args.deployment).resolve().parent
     try:
         record = asyncio.run(run_party(deployment, keys, args.protocol, args.session, params,
-                                       workdir, args.peer_timeout))
+                                       workdir, args.peer_timeout,
+                                       Path(args.ledger) if args.ledger else None))
     except ChannelError as e:
         print(f"confidant party {args.name}: {e}", file=sys.stderr)
         return EXIT_FAILED
