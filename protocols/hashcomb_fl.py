@@ -133,7 +133,7 @@ def coordinate_mask(key: bytes, context: bytes, dim: int) -> np.ndarray:
 
 
 def quantize_tokens(hc: HashComb, values: np.ndarray, rounding: str,
-                    rng: np.random.Generator) -> np.ndarray:
+                    rng: np.random.Generator | None = None) -> np.ndarray:
     """Tokens of ``values``, clipped to the tree's interval.
 
     Stochastic rounding adds a uniform dither of one bin width before binning,
@@ -141,8 +141,9 @@ def quantize_tokens(hc: HashComb, values: np.ndarray, rounding: str,
     least half a bin inside the interval); plain binning has a bias of up to
     half a bin, the same sign for every owner, which FedAvg would not average
     away. With the randomized release (p set) each value is dithered by the
-    width of its own random level.
+    width of its own random level. ``rng`` defaults to one seeded from the OS.
     """
+    rng = rng if rng is not None else _secure_rng()
     v = np.asarray(values, dtype=np.float64)
     a, b = hc.interval
     p = hc.params.p
@@ -356,12 +357,12 @@ async def owner(ctx: RoleContext) -> RoleResult:
                          f"sent {sent} B" + (f", clipped {clipped:.2%}" if hashcomb else ""))
     final = get_flat(model)
     ctx.progress(f"done: final test accuracy {rounds[-1]['accuracy']:.3f}")
-    public = {"role": "owner", "encoding": cfg.encoding, "config": asdict(cfg),
-              "samples": len(y), "dimension": dim, "rounds": rounds,
-              "final_accuracy": rounds[-1]["accuracy"],
+    public = {"role": "owner", "encoding": cfg.encoding, "final_accuracy": rounds[-1]["accuracy"],
+              "samples": len(y), "dimension": dim,
               "model_digest": hashlib.sha256(final.tobytes()).hexdigest()[:16]}
     if hashcomb:
         public["hashcomb"] = {**hp.as_dict(), "masked": cfg.mask, "rounding": cfg.rounding}
+    public.update(config=asdict(cfg), rounds=rounds)
     return RoleResult(public, private={f"hcfl_model_{cfg.encoding}": final})
 
 
