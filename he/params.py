@@ -6,7 +6,8 @@ Coefficient modulus layout: [output primes] + [scale prime] * depth + [special p
   masked logits f(x) - r, whose size is set by the statistical mask (mask.py).
 - Each multiplicative level (one fused affine map, or one degree-2 activation)
   consumes one scale prime.
-- The special prime is used only for key switching (relinearization, rotations).
+- The special prime is used only for key switching (relinearization, rotations);
+  it takes the bits left over, up to 60.
 Totals stay within SEAL's CoeffModulus.MaxBitCount(N, tc128), i.e. the
 HomomorphicEncryption.org standard table for 128-bit classical security.
 """
@@ -72,8 +73,10 @@ def _fit(n: int, depth: int) -> Params | None:
     max_bits = seal.CoeffModulus.MaxBitCount(n, seal.SEC_LEVEL_TYPE.TC128)
     s_top = min(MAX_SCALE_BITS, sum(out) - 1 - MASK_BITS)
     for s in range(s_top, MIN_SCALE_BITS - 1, -1):
-        special = max(max(out), s)
-        if sum(out) + s * depth + special <= max_bits:
+        # Spare bits go to the special prime: key-switching noise (rotations of
+        # ciphertexts at scale 2^s in single-query packing) shrinks as 1/P.
+        special = min(60, max_bits - sum(out) - s * depth)
+        if special >= max(max(out), s):
             return Params(n, s, tuple(out) + (s,) * depth + (special,))
     return None
 

@@ -105,7 +105,7 @@ def test_auto_packing_choice(keys) -> None:
     assert he.encrypt(keys.public(galois=False), x).packing == "batch"
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 40), scale=st.floats(0.01, 3.0))
 def test_random_inputs_property(plans, keys, seed: int, batch: int, scale: float) -> None:
     model, shape = MODELS["conv_avgpool_bn"]
