@@ -136,31 +136,40 @@ def _hashcomb_fl_report(args: argparse.Namespace, run_dir: Path, sessions: dict[
                         f"L={args.levels}; test accuracy (common held-out 25 %) per round")
     table.add_column("round")
     for enc in curves:
-        table.add_column(f"{names[enc]} acc")
-    for enc in curves:
-        table.add_column(f"{names[enc]} B sent/owner")
+        table.add_column(f"{names[enc]} accuracy")
     for enc in curves:
         table.add_column(f"{names[enc]} s/round")
     for i in range(len(curves["hashcomb"])):
         table.add_row(str(i + 1), *[f"{c[i]['accuracy']:.4f}" for c in curves.values()],
-                      *[str(c[i]["bytes_sent"]) for c in curves.values()],
                       *[f"{c[i]['seconds']:.3f}" for c in curves.values()])
     console.print(table)
+    from statistics import mean, median
+
+    dim = sessions["hashcomb"]["parties"]["owner1"]["result"]["dimension"]
+    for enc, c in curves.items():
+        console.print(f"{names[enc]}: final accuracy {c[-1]['accuracy']:.4f}; per owner and round "
+                      f"{mean(r['bytes_sent'] for r in c):,.0f} B sent, "
+                      f"{mean(r['bytes_received'] for r in c):,.0f} B received; median "
+                      f"{median(r['seconds'] for r in c):.3f} s/round "
+                      f"({dim:,} parameters: float32 update {4 * dim:,} B)")
     final = {enc: c[-1]["accuracy"] for enc, c in curves.items()}
     if "float" in final:
-        console.print(f"final accuracy: Hash-Comb {final['hashcomb']:.4f}, FedAvg "
-                      f"{final['float']:.4f} (difference "
-                      f"{100 * (final['hashcomb'] - final['float']):+.2f} points)")
+        console.print(f"difference Hash-Comb - FedAvg: {100 * (final['hashcomb'] - final['float']):+.2f} "
+                      "points")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for enc, c in curves.items():
-        ax.plot([r["round"] for r in c], [r["accuracy"] for r in c], marker="o", ms=3,
+    style = {"float": {"lw": 4, "alpha": 0.45}, "hashcomb": {"ls": "--", "marker": "o", "ms": 3}}
+    for enc in sorted(curves, reverse=True):  # the baseline underneath, Hash-Comb on top
+        c = curves[enc]
+        ax.plot([r["round"] for r in c], [r["accuracy"] for r in c], **style[enc],
                 label=f"{names[enc]} (final {final[enc]:.3f})")
     ax.set(xlabel="round", ylabel="test accuracy",
            title=f"{args.dataset}, {args.split}, {args.owners} owners, L = {args.levels}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
