@@ -1,6 +1,10 @@
 """Hash-Comb encode/decode throughput: our vectorized encoder beside the reference library.
 
 Run: python -m benchmarks.bench_hashcomb [--n 1000000] [--ref-n 20000] [--levels 8]
+     python -m benchmarks.bench_hashcomb --fl-only       # just the federated round timing
+
+The last table times rounds of the ``hcfl`` protocol (5 owners, in one process
+over the in-memory Channel) beside plain float32 FedAvg on the same split.
 
 The reference (``hashcomb`` 1.0.0) walks the tree per value in Python, so it is
 timed on the first ``--ref-n`` of the same values and reported in values/s.
@@ -40,8 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref-n", type=int, default=20_000, help="values for the reference library")
     ap.add_argument("--levels", type=int, default=8)
     ap.add_argument("--owners", type=int, default=5, help="owners in the aggregation benchmark")
+    ap.add_argument("--fl-rounds", type=int, default=10, help="rounds in the FL timing")
+    ap.add_argument("--fl-only", action="store_true", help="only the FL round timing")
     args = ap.parse_args(argv)
     console = Console()
+    if args.fl_only:
+        fl_round_time(console, args.owners, args.fl_rounds, args.levels)
+        return 0
     L, lo, hi, delta = args.levels, -0.35, 0.35, 0.01
     # values drawn once; the reference sees a prefix of the very same array
     x = np.random.default_rng(0).uniform(lo, hi, args.n)
@@ -127,7 +136,84 @@ def main(argv: list[str] | None = None) -> int:
     t3.add_row(f"HashComb keyed (L = {L}, all {2 ** (L + 1) - 2} nodes)", f"{keyed_build * 1e3:,.1f} ms")
     t3.add_row(f"HashComb.compatible (L = {L}, all nodes)", f"{compat_build * 1e3:,.1f} ms")
     console.print(t3)
+    fl_round_time(console, args.owners, args.fl_rounds, args.levels)
     return 0
+
+
+def fl_round_time(console: Console, owners: int = 5, rounds: int = 10, levels: int = 8,
+                  big: int = 1_000_000) -> None:
+    """Per-round time of the hcfl protocol with ``owners`` owners (digits, MLP, in memory),
+    beside plain FedAvg, plus what the Hash-Comb steps of a round cost for a ``big`` model."""
+    import asyncio
+
+    import protocols
+    from mpc.channel import InMemoryNetwork
+    from protocols import RoleContext
+    from protocols.hashcomb_fl import coordinate_mask, quantize_tokens
+
+    parties = [(f"owner{i}", "owner") for i in range(1, owners + 1)] + [("aggregator", "aggregator")]
+    roles = dict(parties)
+
+    def run(protocol: str, params: dict, states: dict) -> tuple[dict, float]:
+        net = InMemoryNetwork(list(roles))
+
+        async def go():
+            return await asyncio.gather(*(protocols.role_function(protocol, r)(
+                RoleContext(net.channel(n), roles, params, states.get(n, {})))
+                for n, r in parties))
+        t0 = time.perf_counter()
+        res = asyncio.run(go())
+        return dict(zip(roles, res, strict=True)), time.perf_counter() - t0
+
+    setup, _ = run("hcsetup", {"levels": levels}, {})
+    states = {n: r.private for n, r in setup.items()}
+    run("hcfl", {"rounds": 1}, states)  # warm-up: imports, data loading, first torch calls
+    table = Table(title=f"hcfl: one round, {owners} owners, digits (MLP 64-32-10, 2,410 "
+                        f"parameters), L = {levels}, one process, in-memory Channel")
+    for col in ("mode", "s/round (wall, all parties)", "of which local training",
+                "bytes sent/owner", "bytes returned/owner", "final accuracy"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for enc in ("hashcomb", "float"):
+        res, wall = run("hcfl", {"rounds": rounds, "encoding": enc}, states)
+        rs = [r for n, _ in parties if roles[n] == "owner" for r in res[n].public["rounds"]]
+        train = sum(r["train_seconds"] for r in rs) / rounds
+        first = res["owner1"].public["rounds"][0]
+        table.add_row("Hash-Comb tokens" if enc == "hashcomb" else "plain FedAvg (float32)",
+                      f"{wall / rounds * 1e3:,.1f} ms", f"{train * 1e3:,.1f} ms",
+                      f"{first['bytes_sent']:,}", f"{first['bytes_received']:,}",
+                      f"{res['owner1'].public['final_accuracy']:.3f}")
+    console.print(table)
+
+    # the per-round Hash-Comb work for a 1M-parameter model (no training)
+    from protocols.hashcomb import HashComb, TokenHistogram
+    key, ctx = secrets.token_bytes(32), b"round-0"
+    rng = np.random.default_rng(secrets.randbits(64))
+    ups = [rng.normal(0, 0.05, big) for _ in range(owners)]
+    t0 = time.perf_counter()
+    hc = HashComb(levels, -0.35, 0.35, 0.01, key=key, context=ctx)
+    t_table = time.perf_counter() - t0
+    t_mask = _best(lambda: coordinate_mask(key, ctx, big))
+    mask = coordinate_mask(key, ctx, big)
+    t_quant = _best(lambda: quantize_tokens(hc, ups[0], "stochastic", rng))
+    hists = [TokenHistogram.from_tokens(quantize_tokens(hc, u, "stochastic", rng) ^ mask,
+                                        hc.fingerprint) for u in ups]
+    t_agg = _best(lambda: aggregate_histograms(hists))
+    agg = aggregate_histograms(hists)
+    from protocols.hashcomb_fl import unmask_histogram
+    t_dec = _best(lambda: hc.decode_histogram(unmask_histogram(agg, mask)))
+    t4 = Table(title=f"Hash-Comb work of one round for a {big:,}-parameter model, {owners} owners")
+    t4.add_column("step")
+    t4.add_column("time", justify="right")
+    for name, t in (("owner: per-round token table", t_table),
+                    ("owner: per-coordinate mask (ChaCha20)", t_mask),
+                    ("owner: stochastic rounding + encode", t_quant),
+                    ("aggregator: sum histograms", t_agg),
+                    ("owner: unmask + decode aggregate", t_dec)):
+        t4.add_row(name, f"{t * 1e3:,.0f} ms")
+    t4.add_row("bytes: owner upload / aggregate / float32",
+               f"{len(wire.encode(hists[0].to_wire())):,} / {len(wire.encode(agg.to_wire())):,} / "
+               f"{4 * big:,}")
+    console.print(t4)
 
 
 if __name__ == "__main__":
