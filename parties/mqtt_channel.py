@@ -46,7 +46,9 @@ log = logging.getLogger("confidant.mqtt")
 
 _PRESENCE_DOMAIN = b"confidant/presence/v1\x00"
 OUTBOX_PER_PEER = 256          # envelopes kept per peer for re-sending after a broker restart
+OUTBOX_BYTES_PER_PEER = 64 * 2**20   # ... and at most this many bytes of them (the newest is always kept)
 GONE_GRACE_SECONDS = 5.0        # how long a graceful 'offline' may wait for in-flight messages
+KEEPALIVE_SECONDS = 60
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -85,8 +87,8 @@ class MqttChannel(Channel):
         self._connected = asyncio.Event()
         self._closing = False
         self._runner: asyncio.Task | None = None
-        self._outbox: dict[str, deque[_Outgoing]] = {p: deque(maxlen=OUTBOX_PER_PEER)
-                                                      for p in self.peers}
+        self._outbox: dict[str, deque[_Outgoing]] = {p: deque() for p in self.peers}
+        self._outbox_bytes: dict[str, int] = dict.fromkeys(self.peers, 0)
         self._sent: dict[str, int] = dict.fromkeys(self.peers, 0)
         self._received: dict[str, int] = dict.fromkeys(self.peers, 0)
         # per peer: every seq below have[peer] arrived; early[peer]: seqs above that did
@@ -160,7 +162,12 @@ class MqttChannel(Channel):
         self.transcript.record("sent", sealed.header, size=sealed.size, digest=sealed.digest,
                                signature=sealed.signature)
         out = _Outgoing(sealed.header.seq, sealed.data)
-        self._outbox[to].append(out)
+        box = self._outbox[to]
+        box.append(out)
+        self._outbox_bytes[to] += len(out.data)
+        while len(box) > 1 and (len(box) > OUTBOX_PER_PEER
+                                or self._outbox_bytes[to] > OUTBOX_BYTES_PER_PEER):
+            self._outbox_bytes[to] -= len(box.popleft().data)
         self._sent[to] += 1
         self.sent_bytes += sealed.size
         self.sent_messages += 1
@@ -204,7 +211,11 @@ class MqttChannel(Channel):
                         self.deployment.broker_host, self.deployment.broker_port,
                         identifier=f"{self.deployment.name}-{self.me}-{self.session}"[:64],
                         username=self.me, password=self.keys.mqtt_password, will=will,
-                        clean_session=True, keepalive=5, tls_context=self._tls_context(),
+                        # A crashed process's socket closes at once, so the broker sends
+                        # its last will immediately; keepalive only covers silent network
+                        # loss. Long enough that CPU-heavy steps (training, HE) never trip it.
+                        clean_session=True, keepalive=KEEPALIVE_SECONDS,
+                        tls_context=self._tls_context(),
                         max_queued_incoming_messages=0,
                         # Nagle + delayed ACKs would add ~40 ms to every small message
                         socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)) as client:

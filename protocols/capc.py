@@ -29,6 +29,7 @@ vote, logit or label goes anywhere else.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -177,7 +178,8 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
         raise ProtocolError("CaPC needs at least one answering party")
     data = party_data(s["dataset"], data_parties(ctx), ctx.me, split=s["split"],
                       queries=int(s["queries"]), seed=int(s["seed"]))
-    model = _local_model(ctx, s, data)
+    # CPU-heavy steps run in a worker thread so the event loop keeps the transport alive
+    model = await asyncio.to_thread(_local_model, ctx, s, data)
     acc_before = accuracy(model, data.x_test, data.y_test)
     ctx.progress(f"own model: test accuracy {acc_before:.3f} on {len(data.x)} private points")
     timing = dict.fromkeys(("he", "argmax_2pc", "pg_and_final_2pc", "retrain"), 0.0)
@@ -187,7 +189,8 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
         import he
         depths = {ap: await ch.recv(ap, f"{NAME}.depth", s["timeout"]) for ap in aps}
         t = time.perf_counter()
-        keys = he.keygen(depth=max(int(d) for d in depths.values()), single_query=False)
+        keys = await asyncio.to_thread(he.keygen, depth=max(int(d) for d in depths.values()),
+                                       single_query=False)
         public = keys.public(galois=False)
         timing["he"] += time.perf_counter() - t
 
@@ -201,7 +204,8 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
         t = time.perf_counter()
         if crypto:
             import he
-            payload = {"batch": b, "ct": he.encrypt(keys, xb, packing="batch").serialize()}
+            enc = await asyncio.to_thread(he.encrypt, keys, xb, packing="batch")
+            payload = {"batch": b, "ct": enc.serialize()}
             if b == 0:
                 payload["context"] = public.serialize()
         else:
@@ -218,7 +222,7 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
                 continue
             if crypto:
                 out = he.EncryptedOutput.load(public, answer["ct"])
-                y = he.decrypt(keys, out).numpy()
+                y = (await asyncio.to_thread(he.decrypt, keys, out)).numpy()
             else:
                 y = np.asarray(answer["y"])
             shares[ap] = encoding.encode(y)
@@ -269,7 +273,7 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
         timing["pg_and_final_2pc"] += time.perf_counter() - t
         # 6. retrain on own data + labels so far
         t = time.perf_counter()
-        acc_now = _retrain_accuracy(ctx, s, data, labels)
+        acc_now = await asyncio.to_thread(_retrain_accuracy, ctx, s, data, dict(labels))
         timing["retrain"] += time.perf_counter() - t
         curve.append({"queries": rows.stop, "labelled": len(labels), "accuracy": acc_now,
                       "epsilon": epsilon})
@@ -310,7 +314,7 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
     qp, pg, dealer = ctx.one_with_role("qp"), ctx.one_with_role("pg"), ctx.one_with_role("dealer")
     data = party_data(s["dataset"], data_parties(ctx), ctx.me, split=s["split"],
                       queries=int(s["queries"]), seed=int(s["seed"]))
-    model = _local_model(ctx, s, data)
+    model = await asyncio.to_thread(_local_model, ctx, s, data)
     acc = accuracy(model, data.x_test, data.y_test)
     ctx.progress(f"own model ({architecture(ctx, s, ctx.me)}): test accuracy {acc:.3f}")
     plan = public = None
@@ -329,7 +333,8 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
             if public is None:
                 public = he.PublicContext.load(query["context"])
             enc = he.EncryptedBatch.load(public, query["ct"])
-            out, r = plan.evaluate(enc, mask=True, flood=s["flood"], context=public)
+            out, r = await asyncio.to_thread(plan.evaluate, enc, mask=True, flood=s["flood"],
+                                             context=public)
             await ch.send(qp, f"{NAME}.answer", {"ct": out.serialize()})
             r = r.numpy()
         else:

@@ -1,0 +1,106 @@
+"""CaPC between OS processes over real brokers: same labels as the simulation,
+clean audit, and nothing in the clear on the broker."""
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import aiomqtt
+import numpy as np
+import pytest
+
+from mpc import encoding
+from parties.audit import audit_run
+from parties.broker import EmbeddedBroker
+from protocols.models import party_data
+from tests.capc_harness import run_capc
+from tests.mosquitto_fixture import requires_mosquitto, start_mosquitto, stop_mosquitto
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = {"queries": 10, "batch_size": 5, "epochs": 5, "noise_seed": 5, "sigma_gnmax": 0.5}
+
+
+class Recorder:
+    """Subscribes to every topic and keeps every payload the broker relays."""
+
+    def __init__(self, port: int):
+        self.port, self.payloads, self._stop = port, [], threading.Event()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self):
+        async with aiomqtt.Client("127.0.0.1", self.port, identifier="recorder") as client:
+            await client.subscribe("#", qos=1)
+            self._ready.set()
+            while not self._stop.is_set():
+                try:
+                    async with asyncio.timeout(0.2):
+                        async for msg in client.messages:
+                            self.payloads.append(bytes(msg.payload))
+                except TimeoutError:
+                    pass
+
+    def __enter__(self):
+        self.thread.start()
+        assert self._ready.wait(10), "recorder could not subscribe"
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join(10)
+
+
+def _run_parties(runs: Path, url: str) -> Path:
+    cmd = [sys.executable, str(ROOT / "run_parties.py"), "--broker", url, "--runs-dir", str(runs),
+           "capc", "--parties", "3", "--queries", str(PARAMS["queries"]),
+           "--batch-size", str(PARAMS["batch_size"]), "--epochs", str(PARAMS["epochs"]),
+           "--noise-seed", str(PARAMS["noise_seed"]), "--sigma-gnmax", str(PARAMS["sigma_gnmax"])]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run_dir = Path(out.stdout.strip().splitlines()[-1])
+    assert run_dir.is_dir(), out.stdout[-500:]
+    return run_dir
+
+
+def _check(run_dir: Path, payloads: list[bytes], tmp_path: Path) -> None:
+    results = json.loads((run_dir / "results.json").read_text())
+    assert all(r["ok"] for r in results["parties"].values()), results["parties"]
+    assert results["audit"]["ok"] and audit_run(run_dir).ok
+    qp = results["parties"]["party1"]["result"]
+    # the same labels as the one-process plaintext simulation with the same noise
+    plain = asyncio.run(run_capc(tmp_path, {**PARAMS, "mode": "plaintext"}))
+    assert qp["labels"] == plain["qp"].public["labels"]
+    # nothing in the clear on the broker: queries, labels (as one-hot ring vectors)
+    assert len(payloads) > 50
+    blob = b"\x00".join(payloads)
+    data = party_data("digits", ["party1", "party2", "party3"], "party1", queries=PARAMS["queries"])
+    for row in data.x_queries.numpy():
+        assert row.astype(np.float32).tobytes() not in blob
+        assert row.astype(np.float64).tobytes() not in blob
+    for label in set(qp["labels"].values()):
+        onehot = encoding.encode(np.eye(data.num_classes)[label]).tobytes()
+        assert onehot not in blob
+
+
+def test_capc_between_processes_on_amqtt(tmp_path):
+    with EmbeddedBroker() as broker, Recorder(broker.port) as rec:
+        run_dir = _run_parties(tmp_path / "runs", broker.url)
+    _check(run_dir, rec.payloads, tmp_path)
+
+
+@requires_mosquitto
+def test_capc_between_processes_on_mosquitto(tmp_path):
+    conf = tmp_path / "mq"
+    conf.mkdir()
+    (conf / "mosquitto.conf").write_text("listener 1883\nallow_anonymous true\n"
+                                         "set_tcp_nodelay true\npersistence false\n")
+    port, proc = start_mosquitto(conf)
+    try:
+        with Recorder(port) as rec:
+            run_dir = _run_parties(tmp_path / "runs", f"mqtt://127.0.0.1:{port}")
+    finally:
+        stop_mosquitto(proc)
+    _check(run_dir, rec.payloads, tmp_path)
