@@ -1,0 +1,70 @@
+"""CaPC end to end between processes over the embedded broker: latency and throughput.
+
+Run: python -m benchmarks.bench_capc        (about 5 minutes on 2 cores)
+
+Each row is a real `run_parties.py capc` run (crypto mode, digits MLP with
+square activations). Latency is the querying party's wall time for labelling,
+split into inference (encrypt, every AP's HE evaluation, transport, decrypt),
+the 2PC argmaxes with the APs (sequential), and the PG step with the final 2PC.
+Model training and retraining are excluded. The anchor is the CaPC reference
+implementation's ~3.0 s per query per answering party for step 1a alone
+(MNIST CryptoNets, its machine).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = [  # (label, data parties, queries, batch size)
+    ("1 AP, single query", 2, 1, 1),
+    ("4 APs, single query", 5, 1, 1),
+    ("4 APs, batch of 256", 5, 256, 256),
+]
+
+
+def run(parties: int, queries: int, batch: int, runs_dir: Path) -> dict:
+    cmd = [sys.executable, str(ROOT / "run_parties.py"), "--runs-dir", str(runs_dir), "capc",
+           "--parties", str(parties), "--queries", str(queries), "--batch-size", str(batch),
+           "--epochs", "10"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"run failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    run_dir = Path(out.stdout.strip().splitlines()[-1])
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def main() -> None:
+    console = Console(width=160)
+    table = Table(title="CaPC labelling between processes (embedded broker, crypto mode)")
+    for col in ("setting", "queries", "labelling s", "per query", "inference", "argmax 2PCs",
+                "PG + final 2PC", "AP HE eval", "bytes/query/AP (AP->all)", "anchor"):
+        table.add_column(col, justify="right")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, parties, queries, batch in RUNS:
+            console.print(f"running: {label} ...")
+            res = run(parties, queries, batch, Path(tmp))
+            recs = res["parties"]
+            qp = recs["party1"]["result"]
+            t = qp["timing_seconds"]
+            total = t["inference"] + t["argmax_2pc"] + t["pg_and_final_2pc"]
+            aps = [r for r in recs.values() if (r.get("result") or {}).get("role") == "ap"]
+            he_eval = max(r["result"]["timing_seconds"]["he_evaluate"] for r in aps)
+            ap_bytes = sum(r["transport"]["sent_bytes"] for r in aps) / len(aps) / queries
+            table.add_row(label, str(queries), f"{total:.2f}",
+                          f"{total / queries * 1e3:.0f} ms" if queries > 1 else f"{total:.2f} s",
+                          f"{t['inference']:.2f}", f"{t['argmax_2pc']:.2f}",
+                          f"{t['pg_and_final_2pc']:.2f}", f"{he_eval:.2f}",
+                          f"{ap_bytes / 1e3:,.1f} kB", "~3.0 s/query/AP (step 1a)")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
