@@ -311,7 +311,10 @@ def dlg(model: nn.Module, target: Gradients, image_shape: Sequence[int],
         final = vmap(objective, randomness="different")(x.detach(), labels, tgt, dummy_noise)
     finally:
         model.train(model_mode)
-    return AttackResult(x.detach().clamp(0, 1), labels, final.detach())
+    # L-BFGS can diverge on PRECODE's stochastic objective (its line search
+    # assumes a deterministic function): report a diverged pixel as 0.
+    rec = torch.nan_to_num(x.detach(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
+    return AttackResult(rec, labels, final.detach())
 
 
 # ------------------------------------------------------------------- metrics

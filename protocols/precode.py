@@ -220,7 +220,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 class EvalSettings:
     victims: int = 32
     epochs_digits: int = 30
-    epochs_synthetic: int = 15
+    epochs_synthetic: int = 10
     ig_iterations: int = 200
     ig_restarts: int = 1
     dlg_iterations: int = 10
@@ -228,7 +228,7 @@ class EvalSettings:
 
 
 QUICK = EvalSettings()
-FULL = EvalSettings(victims=64, ig_iterations=1000, ig_restarts=2, dlg_iterations=40,
+FULL = EvalSettings(victims=64, epochs_synthetic=15, ig_iterations=1000, ig_restarts=2, dlg_iterations=40,
                     batch_sizes=(1, 4))
 
 
@@ -299,6 +299,9 @@ def _attack_setting(model, split, dname, arch, use_precode, acc, bs, settings, s
         summary = A.score_reconstructions(x, result.reconstruction).summary()
         rows.append({"data": dname, "model": arch, "precode": use_precode, "test_acc": acc,
                      "attack": name, "batch": bs, "label_acc": label_acc, **summary})
+        bar.console.print(f"  {dname} {arch} PRECODE={use_precode} {name} B={bs}: "
+                          f"acc {acc:.3f}, SSIM {summary['ssim']:.4f}, "
+                          f"success {summary['success']:.2f}")
         if bs == 1:
             key = (dname, arch)
             grid.setdefault(key, {"original": x[:8, 0]})
