@@ -17,6 +17,8 @@ What it does, and why each piece is here:
   2PC, instead of CrypTen's trusted-first-party provider (whose party 0 knows
   every triple). The dealer draws everything from the OS random source. Trust
   assumption (SECURITY.md): the dealer does not collude with either party.
+  A computation that ran before in this process fetches all its tuples in one
+  round trip (a *plan*); CrypTen's batched reveals travel as one message.
 * :class:`TwoParty`: one 2PC session between two named parties, with helpers to
   turn each party's additive share (uint64 ring elements, :mod:`mpc.encoding`)
   into a CrypTen tensor and back, and :func:`argmax_onehot`, the 2PC that CaPC
@@ -27,6 +29,7 @@ What it does, and why each piece is here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import sys
 import threading
@@ -55,6 +58,7 @@ import crypten.mpc as _crypten_mpc  # noqa: E402
 from crypten.common.util import count_wraps  # noqa: E402
 from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor  # noqa: E402
 from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402  (CrypTen's config library)
 
 MPCTensor = crypten.mpc.MPCTensor
 
@@ -110,6 +114,37 @@ for _key in list(crypten.generators):
     crypten.generators[_key] = _ThreadLocalGenerators(_key)
 
 
+# CrypTen switches its global config inside computations (e.g. argmax runs parts
+# with cfg.temp_override({"functions.max_method": "pairwise"})). With two parties
+# as threads of one process, one party would see the other's override and run a
+# different algorithm, and the 2PC would diverge. Overrides become per thread.
+def _cfg_get(self):
+    override = getattr(_tls, "cfg_override", None)
+    return override if override is not None else self.__dict__["_confidant_config"]
+
+
+def _cfg_set(self, value) -> None:
+    self.__dict__["_confidant_config"] = value
+
+
+@contextlib.contextmanager
+def _cfg_temp_override(self, override_dict):
+    old = getattr(_tls, "cfg_override", None)
+    update = OmegaConf.from_dotlist([f"{k}={v}" for k, v in override_dict.items()])
+    _tls.cfg_override = OmegaConf.merge(self.config, update)
+    try:
+        yield
+    finally:
+        _tls.cfg_override = old
+
+
+_CfgClass = type(crypten.cfg)
+if not isinstance(_CfgClass.__dict__.get("config"), property):
+    crypten.cfg.__dict__["_confidant_config"] = crypten.cfg.__dict__.pop("config")
+    _CfgClass.config = property(_cfg_get, _cfg_set)
+    _CfgClass.temp_override = _cfg_temp_override
+
+
 # --- the communicator ------------------------------------------------------------
 class _Done:
     def is_completed(self) -> bool:
@@ -151,7 +186,9 @@ class ChannelCommunicator(_crypten_comm.Communicator):
     def recv(self, tensor, src=None):
         if src is not None:
             self._check(src)
-        data = self._call(self.channel.recv(self.peer, self.kind, self.timeout))
+        return self._fill(tensor, self._call(self.channel.recv(self.peer, self.kind, self.timeout)))
+
+    def _fill(self, tensor, data):
         if not isinstance(data, np.ndarray) or data.size != tensor.numel():
             raise TwoPartyError(f"party '{self.peer}' sent a malformed 2PC message")
         tensor.copy_(torch.from_numpy(data).reshape(tensor.shape).to(tensor.dtype))
@@ -175,9 +212,24 @@ class ChannelCommunicator(_crypten_comm.Communicator):
 
     def _exchange(self, tensor):
         """Send ours, receive theirs; returns [rank0's, rank1's]."""
-        self.send(tensor, 1 - self.rank)
-        theirs = self.recv(torch.empty_like(tensor), 1 - self.rank)
+        theirs = self._exchange_many([tensor])[0]
         return [tensor, theirs] if self.rank == 0 else [theirs, tensor]
+
+    def _exchange_many(self, tensors: list) -> list:
+        """Send all of ours in ONE message, receive theirs: one round, however many
+        tensors (CrypTen reveals e.g. both Beaver masks of a product together)."""
+        data = [t.detach().cpu().numpy() for t in tensors]
+        self.messages += 1
+        self.bytes += sum(d.nbytes for d in data)
+
+        async def send_then_recv():  # one hand-off to the event loop, not two
+            await self.channel.send(self.peer, self.kind, data)
+            return await self.channel.recv(self.peer, self.kind, self.timeout)
+
+        got = self._call(send_then_recv())
+        if not isinstance(got, list) or len(got) != len(tensors):
+            raise TwoPartyError(f"party '{self.peer}' sent a malformed 2PC message")
+        return [self._fill(torch.empty_like(t), d) for t, d in zip(tensors, got, strict=True)]
 
     @staticmethod
     def _combine(a, b, op):
@@ -185,7 +237,8 @@ class ChannelCommunicator(_crypten_comm.Communicator):
 
     def all_reduce(self, tensor, op=None, async_op=False, batched=False):
         if batched:
-            return [self.all_reduce(t, op) for t in tensor]
+            theirs = self._exchange_many(list(tensor))
+            return [self._combine(t, o, op) for t, o in zip(tensor, theirs, strict=True)]
         a, b = self._exchange(tensor)
         return self._combine(a, b, op)
 
@@ -285,6 +338,31 @@ def _make_tuple(req: dict) -> list[list[np.ndarray]]:
     return [[p[0] for p in parts], [p[1] for p in parts]]
 
 
+# The dealer answers a whole plan in one message up to this many bytes of shares.
+PLAN_MAX_BYTES = 16 * 2**20
+PLAN_MAX_REQUESTS = 100_000
+
+
+def _serve_plan(a: dict, b: dict) -> list[list[list[np.ndarray]]] | None:
+    """Both parties' shares for every request of a plan they both announced, or None
+    (the plans differ, are malformed or too large: the parties then ask one by one)."""
+    plan = a.get("reqs")
+    if plan != b.get("reqs") or not isinstance(plan, list) or not 0 < len(plan) <= PLAN_MAX_REQUESTS:
+        return None
+    out: list[list[list[np.ndarray]]] = [[], []]
+    size = 0
+    for req in plan:
+        if not isinstance(req, dict):
+            return None
+        shares = _make_tuple(req)
+        size += sum(x.nbytes for x in shares[0])
+        if size > PLAN_MAX_BYTES:
+            return None
+        out[0].append(shares[0])
+        out[1].append(shares[1])
+    return out
+
+
 async def serve_dealer(channel: Channel, parties: tuple[str, str], prefix: str = "mpc",
                        timeout: float | None = 60.0, tag: str = "") -> int:
     """Serve correlated randomness to one 2PC session until both parties say done.
@@ -293,15 +371,33 @@ async def serve_dealer(channel: Channel, parties: tuple[str, str], prefix: str =
     when both agree on it, and sends each party only its own shares. Requests
     carry the session's ``tag``; leftovers of an earlier session that was cut
     short (a party died mid-2PC) are skipped. Returns the number of requests served.
+
+    A party that has run the same computation before may announce its whole
+    request sequence at once (a *plan*, see :class:`DealerProvider`); when both
+    announce the same plan the dealer answers it in one message per party, and
+    otherwise refuses it, after which the parties ask one request at a time.
     """
+    kind = f"{prefix}.tuple"
+
+    async def next_request(p: str) -> dict:
+        req = await channel.recv(p, f"{prefix}.tuple_req", timeout)
+        while req.get("tag", "") != tag:  # stale: from an aborted session
+            req = await channel.recv(p, f"{prefix}.tuple_req", timeout)
+        return req
+
     served = 0
     while True:
-        reqs = []
-        for p in parties:
-            req = await channel.recv(p, f"{prefix}.tuple_req", timeout)
-            while req.get("tag", "") != tag:  # stale: from an aborted session
-                req = await channel.recv(p, f"{prefix}.tuple_req", timeout)
-            reqs.append(req)
+        reqs = [await next_request(p) for p in parties]
+        planned = [r.get("fn") == "plan" for r in reqs]
+        if all(planned) and (shares := _serve_plan(reqs[0], reqs[1])) is not None:
+            for party, mine in zip(parties, shares, strict=True):
+                await channel.send(party, kind, {"plan": mine})
+            served += len(shares[0])
+            continue
+        for i, p in enumerate(parties):
+            if planned[i]:
+                await channel.send(p, kind, {"refused": "the other party has no matching plan"})
+                reqs[i] = await next_request(p)
         if reqs[0] != reqs[1]:
             raise TwoPartyError(f"2PC parties {parties[0]!r} and {parties[1]!r} asked the dealer "
                                 "for different tuples; their computations diverged")
@@ -309,7 +405,7 @@ async def serve_dealer(channel: Channel, parties: tuple[str, str], prefix: str =
             return served
         shares = _make_tuple(reqs[0])
         for party, mine in zip(parties, shares, strict=True):
-            await channel.send(party, f"{prefix}.tuple", mine)
+            await channel.send(party, kind, mine)
         served += 1
 
 
@@ -317,21 +413,87 @@ def _size(s) -> list[int]:
     return [int(d) for d in s]
 
 
+# Per process: the dealer requests each computation made last time, keyed by the
+# function and the shapes of its arguments. CrypTen's sequence of requests depends
+# only on those (never on secret values), so a repeat can be fetched in one round trip.
+_PLANS: dict[tuple, list[dict]] = {}
+_PLANS_KEPT = 64
+
+
+def _plan_key(fn: Callable[..., Any], args: tuple) -> tuple:
+    def describe(a: Any) -> Any:
+        if isinstance(a, (np.ndarray, torch.Tensor)):
+            return ("array", tuple(a.shape), str(a.dtype))
+        if a is None or isinstance(a, (bool, int, float, str)):
+            return repr(a)
+        return type(a).__qualname__
+    return (getattr(fn, "__module__", ""), getattr(fn, "__qualname__", repr(fn)),
+            tuple(describe(a) for a in args))
+
+
 class DealerProvider(TupleProvider):
-    """CrypTen tuple provider that fetches each party's shares from the dealer."""
+    """CrypTen tuple provider that fetches each party's shares from the dealer.
+
+    The first time a computation runs, each tuple costs one round trip to the
+    dealer. The requests are remembered (:data:`_PLANS`); the next time the same
+    computation runs, the first request announces the whole plan and the dealer
+    answers it at once, if the peer announced the same plan. Should the
+    computation ask for something else than planned, the rest of the plan is
+    dropped and requests go one by one again.
+    """
 
     NAME = "confidant-dealer"
 
     def __init__(self, comm: ChannelCommunicator, dealer: str, prefix: str, tag: str = ""):
         super().__init__()
         self.comm, self.dealer, self.prefix, self.tag = comm, dealer, prefix, tag
-        self.requests = 0
+        self.requests = 0       # tuples used
+        self.round_trips = 0    # messages to the dealer that waited for an answer
+        self._key: tuple | None = None
+        self._log: list[dict] | None = None
+        self._plan: list[dict] | None = None
+        self._prefetched: list | None = None
+        self._cursor = 0
+
+    def begin(self, key: tuple | None) -> None:
+        """A computation starts: record its requests, and use its plan if there is one."""
+        self._key, self._log, self._cursor, self._prefetched = key, [], 0, None
+        self._plan = _PLANS.get(key) if key is not None else None
+
+    def end(self, ok: bool) -> None:
+        if ok and self._key is not None and self._log:
+            _PLANS.pop(self._key, None)
+            _PLANS[self._key] = self._log
+            while len(_PLANS) > _PLANS_KEPT:
+                del _PLANS[next(iter(_PLANS))]
+        self._key = self._log = self._plan = self._prefetched = None
+
+    async def _ask(self, req: dict) -> Any:
+        ch = self.comm.channel
+        await ch.send(self.dealer, f"{self.prefix}.tuple_req", {**req, "tag": self.tag})
+        return await ch.recv(self.dealer, f"{self.prefix}.tuple", self.comm.timeout)
 
     def _fetch(self, req: dict) -> list[torch.Tensor]:
         self.requests += 1
-        ch, t = self.comm.channel, self.comm.timeout
-        self.comm._call(ch.send(self.dealer, f"{self.prefix}.tuple_req", {**req, "tag": self.tag}))
-        got = self.comm._call(ch.recv(self.dealer, f"{self.prefix}.tuple", t))
+        if self._log is not None:
+            self._log.append(req)
+        if self._plan is not None and self._prefetched is None:
+            self.round_trips += 1
+            got = self.comm._call(self._ask({"fn": "plan", "reqs": self._plan}))
+            if isinstance(got, dict) and isinstance(got.get("plan"), list) \
+                    and len(got["plan"]) == len(self._plan):
+                self._prefetched = got["plan"]
+            else:  # refused: the peer has no such plan
+                self._plan = None
+        if self._plan is not None:
+            if self._cursor < len(self._plan) and self._plan[self._cursor] == req:
+                self._cursor += 1
+                return [torch.from_numpy(np.asarray(a)) for a in self._prefetched[self._cursor - 1]]
+            self._plan = self._prefetched = None  # the computation went another way
+        self.round_trips += 1
+        got = self.comm._call(self._ask(req))
+        if not isinstance(got, list):
+            raise TwoPartyError(f"dealer '{self.dealer}' sent a malformed answer to a {req['fn']} request")
         return [torch.from_numpy(np.asarray(a)) for a in got]
 
     def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):
@@ -419,7 +581,7 @@ class TwoParty:
         if exc_type is None and self._provider is not None:
             await asyncio.to_thread(self._in_context, self._provider.done)
 
-    def _in_context(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _in_context(self, fn: Callable[..., Any], *args: Any, plan_key: tuple | None = None) -> Any:
         _tls.comm, _tls.provider = self._comm, self._provider
         _tls.generators = getattr(self, "_generators", None)
         try:
@@ -428,7 +590,16 @@ class TwoParty:
                 # CrypTen draws them from os.urandom.
                 crypten._setup_prng()
                 self._generators, self._seeded = _tls.generators, True
-            return fn(*args)
+            if plan_key is None:
+                return fn(*args)
+            self._provider.begin(plan_key)
+            ok = False
+            try:
+                result = fn(*args)
+                ok = True
+                return result
+            finally:
+                self._provider.end(ok)
         finally:
             _tls.comm = _tls.provider = _tls.generators = None
 
@@ -436,14 +607,16 @@ class TwoParty:
         """Run ``fn(*args)`` (CrypTen code) as this party of the 2PC, in a worker thread."""
         if self._comm is None:
             raise TwoPartyError("use 'async with TwoParty(...) as tp:' before tp.run(...)")
-        return await asyncio.to_thread(self._in_context, fn, *args)
+        return await asyncio.to_thread(self._in_context, fn, *args, plan_key=_plan_key(fn, args))
 
     @property
     def stats(self) -> dict[str, int]:
-        """Messages and payload bytes this party sent to its peer, and dealer requests."""
+        """Messages and payload bytes this party sent to its peer, tuples it got from
+        the dealer, and the round trips to the dealer that took."""
         c, p = self._comm, self._provider
         return {"messages": c.messages if c else 0, "bytes": c.bytes if c else 0,
-                "dealer_requests": p.requests if p else 0}
+                "dealer_requests": p.requests if p else 0,
+                "dealer_round_trips": p.round_trips if p else 0}
 
 
 def _argmax_onehot_local(share: np.ndarray) -> np.ndarray:
