@@ -209,6 +209,8 @@ def _capc_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--qp-points", type=int, default=None,
+                   help="the QP keeps only this many labelled points of its own")
     p.add_argument("--noise-seed", type=int, default=None,
                    help="INSECURE fixed PG noise, to compare runs; never in deployment")
 
@@ -224,7 +226,8 @@ def capc(args: argparse.Namespace) -> list[Scenario]:
               "queries": args.queries, "batch_size": args.batch_size, "mode": args.mode,
               "threshold": args.threshold, "sigma_threshold": args.sigma_threshold,
               "sigma_gnmax": args.sigma_gnmax, "epsilon_budget": args.budget, "delta": args.delta,
-              "epochs": args.epochs, "seed": args.seed, "noise_seed": args.noise_seed}
+              "epochs": args.epochs, "seed": args.seed, "noise_seed": args.noise_seed,
+              "qp_points": args.qp_points}
     # One ledger for the guardian across every QP's session: all answers spend
     # the same answering parties' privacy.
     ledger = str(Path(args.runs_dir).resolve() / f"pg-ledger-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -235,12 +238,17 @@ def capc(args: argparse.Namespace) -> list[Scenario]:
             for qp in members[:args.qps]]
 
 
-@scenario("demo", "what `make demo` runs: hashcomb-setup with 5 owners, then a 2PC argmax",
-          lambda p: None)
+DEMO = (["capc", "--parties", "5", "--queries", "100", "--batch-size", "50", "--split", "noniid"],
+        ["hashcomb-setup", "--owners", "5"],
+        ["argmax2pc", "--batch", "4"])
+
+
+@scenario("demo", "what `make demo` runs: CaPC with 5 parties (crypto), then the Hash-Comb "
+          "secret set-up with 5 owners and a 2PC argmax between processes", lambda p: None)
 def demo(args: argparse.Namespace) -> list[Scenario]:
     parser = build_parser()
-    return [s for argv in (["hashcomb-setup"], ["argmax2pc", "--batch", "4"])
-            for s in scenarios_for(parser.parse_args(argv))]
+    return [s for argv in DEMO
+            for s in scenarios_for(parser.parse_args(["--runs-dir", args.runs_dir, *argv]))]
 
 
 async def _pump(stream: asyncio.StreamReader, name: str) -> None:

@@ -28,6 +28,7 @@ def open_resources(protocol_module: Any, role: str, name: str, workdir: Path,
                    params: dict[str, Any], stack: contextlib.ExitStack,
                    ledger_path: Path | None = None) -> dict[str, Any]:
     wanted = getattr(protocol_module, "RESOURCES", {}).get(role, ())
+    params = {**getattr(protocol_module, "DEFAULTS", {}), **params}  # the protocol's defaults
     resources: dict[str, Any] = {}
     for kind in wanted:
         if kind == "ledger":

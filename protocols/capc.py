@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "sigma_gnmax": 1.0, "sigma_threshold": 2.0, "threshold": None,
     "epsilon_budget": 1e6, "delta": 1e-5, "noise_seed": None, "flood": None,
     "timeout": 600.0,
+    "qp_points": None,   # keep only this many of the QP's own labelled points (a data-poor QP)
 }
 
 
@@ -178,6 +179,8 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
         raise ProtocolError("CaPC needs at least one answering party")
     data = party_data(s["dataset"], data_parties(ctx), ctx.me, split=s["split"],
                       queries=int(s["queries"]), seed=int(s["seed"]))
+    if s["qp_points"]:
+        data.x, data.y = data.x[:int(s["qp_points"])], data.y[:int(s["qp_points"])]
     # CPU-heavy steps run in a worker thread so the event loop keeps the transport alive
     model = await asyncio.to_thread(_local_model, ctx, s, data)
     acc_before = accuracy(model, data.x_test, data.y_test)

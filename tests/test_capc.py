@@ -43,7 +43,7 @@ async def test_budget_refusal_is_reported_to_the_qp(tmp_path):
 
 async def test_answering_party_killed_mid_run_query_completes_without_it(tmp_path):
     params = {**SMALL, "mode": "plaintext", "queries": 24, "batch_size": 6}
-    res = await run_capc(tmp_path, params, aps=3, kill={"party": "ap2", "after": 1.5})
+    res = await run_capc(tmp_path, params, aps=3, kill={"party": "ap2", "when": ("qp", "batch 1/")})
     assert isinstance(res["ap2"], BaseException)
     qp = res["qp"]
     assert not isinstance(qp, BaseException), qp
