@@ -12,6 +12,9 @@ client shares, and optimises dummy images until their gradients match:
 - ``adaptive_attack``: against PRECODE, match only the gradients of the
   layers *before* the bottleneck and treat the bottleneck's noise as one more
   unknown to optimise (the weakness the PRECODE authors later showed).
+- ``analytic_first_layer``: for batch size 1 and a first Linear layer with
+  bias the input is the ratio of its weight and bias gradients, whatever
+  comes after (an adaptive attack in closed form).
 
 Each attack solves P independent problems at once (one per victim gradient,
 each holding a batch of B images) with ``torch.func.vmap``; for independent
@@ -276,6 +279,26 @@ def adaptive_attack(model: nn.Module, target: Gradients, image_shape: Sequence[i
     return inverting_gradients(model, target, image_shape, batch_size, labels, config,
                                names=names, optimize_noise=optimize_noise, seed=seed,
                                progress=progress)
+
+
+def analytic_first_layer(model: nn.Module, target: Gradients,
+                         image_shape: Sequence[int]) -> AttackResult:
+    """Closed-form inversion for batch size 1 when the first layer is a
+    Linear with bias (Phong et al. 2017): dL/dW1 = delta x^T and dL/db1 = delta,
+    so x = dW1[i] / db1[i] for any unit i with delta_i != 0. It reads only the
+    first layer's gradient, so a bottleneck placed later cannot hide x."""
+    first = next((n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))),
+                 None)
+    mod = model.get_submodule(first) if first is not None else None
+    if not isinstance(mod, nn.Linear) or mod.bias is None:
+        raise AttackError("the analytic attack needs a first nn.Linear layer with bias")
+    gw, gb = target[f"{first}.weight"], target[f"{first}.bias"]  # (P, out, in), (P, out)
+    best = gb.abs().argmax(dim=1)
+    rows = torch.arange(gw.shape[0])
+    x = gw[rows, best] / gb[rows, best].unsqueeze(1)
+    rec = x.reshape(gw.shape[0], 1, *image_shape).clamp(0, 1)
+    labels = recover_labels(model, target, 1)
+    return AttackResult(rec, labels, torch.zeros(gw.shape[0]))
 
 
 def dlg(model: nn.Module, target: Gradients, image_shape: Sequence[int],

@@ -287,6 +287,9 @@ def _attack_setting(model, split, dname, arch, use_precode, acc, bs, settings, s
          ig_cfg.iterations),
         ("DLG", lambda pr: A.dlg(model, target, split.input_shape, bs, labels, dlg_cfg,
                                seed=seed, progress=pr), dlg_cfg.iterations)]
+    if arch == "MLP" and bs == 1:
+        attacks.append(("analytic 1st layer", lambda pr: A.analytic_first_layer(
+            model, target, split.input_shape), 0))
     if use_precode:
         attacks.append(("adaptive IG", lambda pr: A.adaptive_attack(
             model, target, split.input_shape, bs, labels, ig_cfg, seed=seed,

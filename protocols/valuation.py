@@ -346,10 +346,11 @@ class ValuationSettings:
     keep_fraction: float = 0.9
     owners: int = 5
     release_epsilon: float = 1.0
+    repeats: int = 1          # retrainings per selected subset (mean reported)
 
 
 QUICK = ValuationSettings()
-FULL = ValuationSettings(epochs=30)
+FULL = ValuationSettings(epochs=30, repeats=3)
 REGIMES: tuple[tuple[str, float | None], ...] = (("no DP", None), ("eps=8", 8.0),
                                                  ("eps=1", 1.0))
 
@@ -395,14 +396,21 @@ def evaluate(settings: ValuationSettings, seed: int = 0, plot_path: str | None =
             subsets["all data"] = np.arange(n)
             subsets["clean only (oracle)"] = np.flatnonzero(~(data.flipped | data.atypical))
             for name, idx in subsets.items():
-                torch.manual_seed(seed)
-                m = valuation_mlp(s.input_shape, s.num_classes)
-                task = bar.add_task(f"select  {regime} {name}", total=cfg.epochs)
-                sel = train(m, s.x_train[idx], s.y_train[idx], cfg, s.x_test, s.y_test,
-                            score=False, progress=lambda k, t=task: bar.advance(t, k))
+                task = bar.add_task(f"select  {regime} {name}",
+                                    total=cfg.epochs * settings.repeats)
+                accs, spent = [], None
+                for r in range(settings.repeats):  # DP runs vary: average a few
+                    torch.manual_seed(seed + r)
+                    m = valuation_mlp(s.input_shape, s.num_classes)
+                    sel = train(m, s.x_train[idx], s.y_train[idx], cfg, s.x_test, s.y_test,
+                                score=False, progress=lambda k, t=task: bar.advance(t, k))
+                    accs.append(sel.test_accuracy)
+                    spent = sel.epsilon
                 out["select"].append({"regime": regime, "subset": name, "size": len(idx),
                                       "bad kept": int((data.flipped | data.atypical)[idx].sum()),
-                                      "test_acc": sel.test_accuracy, "epsilon": sel.epsilon})
+                                      "test_acc": float(np.mean(accs)),
+                                      "acc_std": float(np.std(accs)), "repeats": len(accs),
+                                      "epsilon": spent})
             out["clients"] += _client_table(res.scores["loss"], data, settings, regime, seed)
     if plot_path:
         save_plot(out, plot_path)
@@ -456,10 +464,11 @@ def save_plot(out: dict, path: str) -> None:
     names = [*SCORES, "random", "all data", "clean only (oracle)"]
     w = 0.8 / len(names)
     for j, name in enumerate(names):
-        vals = [next(d["test_acc"] for d in out["select"] if d["regime"] == r
-                     and d["subset"] == name) for r in regimes]
-        axes[2].bar(np.arange(len(regimes)) + (j - (len(names) - 1) / 2) * w, vals, w,
-                    label=name)
+        rows = [next(d for d in out["select"] if d["regime"] == r and d["subset"] == name)
+                for r in regimes]
+        axes[2].bar(np.arange(len(regimes)) + (j - (len(names) - 1) / 2) * w,
+                    [d["test_acc"] for d in rows], w, yerr=[d["acc_std"] for d in rows],
+                    label=name, capsize=1.5)
     axes[2].set_xticks(range(len(regimes)), regimes)
     lo = min(d["test_acc"] for d in out["select"])
     axes[2].set_ylim(max(0.0, lo - 0.05), 1)
@@ -487,12 +496,13 @@ def print_tables(out: dict, title: str) -> None:
                   f"{d['p@k either']:.2f}")
     con.print(t)
     t = Table(title=f"selection: keep {out['keep']} of {out['n']} (lowest score), retrain")
-    for c in ("regime", "subset", "size", "bad kept", "test acc", "epsilon"):
+    for c in ("regime", "subset", "size", "bad kept", "test acc (mean ± std)", "runs",
+              "epsilon"):
         t.add_column(c)
     for d in out["select"]:
         eps = "-" if d["epsilon"] is None else f"{d['epsilon']:.2f}"
         t.add_row(d["regime"], d["subset"], str(d["size"]), str(d["bad kept"]),
-                  f"{d['test_acc']:.3f}", eps)
+                  f"{d['test_acc']:.3f} ± {d['acc_std']:.3f}", str(d["repeats"]), eps)
     con.print(t)
     t = Table(title="client-level value: per-owner noisy release of the loss score")
     for c in ("regime", "owner", "samples", "flipped", "true mean", "noisy mean",

@@ -100,3 +100,15 @@ def test_scores_match_images_within_batch_and_success_rate():
     assert s.ssim == pytest.approx([1.0, 1.0, 1.0]) and s.success_rate == 1.0
     noise = A.score_reconstructions(orig, torch.rand(1, 3, 1, 8, 8))
     assert noise.success_rate == 0.0 and max(noise.ssim) < A.SUCCESS_SSIM
+
+
+def test_analytic_first_layer_inversion_bypasses_precode(digits):
+    torch.manual_seed(5)
+    model = mlp((1, 8, 8), 10, hidden=32)
+    insert_bottleneck(model, "head", k=16)
+    x, _, target = _victim(model, digits, [0, 1, 2])
+    result = A.analytic_first_layer(model, target, (1, 8, 8))
+    assert A.score_reconstructions(x, result.reconstruction).summary()["mse"] < 1e-8
+    with pytest.raises(A.AttackError, match="first nn.Linear"):
+        from protocols.precode import small_cnn
+        A.analytic_first_layer(small_cnn((1, 8, 8), 10), target, (1, 8, 8))
