@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tenseal import sealapi as seal
 
+from he import batch
 from he import mask as M
 from he.cipher import EncryptedBatch, EncryptedOutput
 from he.errors import ContextMismatchError, DepthError, HEError, ShapeError
@@ -68,7 +69,8 @@ class _Ops:
         while self.levels_left(ct) > levels:
             self.ev.mod_switch_to_next_inplace(ct)
 
-    def activation(self, ct: seal.Ciphertext, beta: float) -> seal.Ciphertext:
+    def activation_raw(self, ct: seal.Ciphertext, beta: float) -> seal.Ciphertext:
+        """ct * (ct + beta) as a 3-component ciphertext: no relinearization, no rescale."""
         out = seal.Ciphertext()
         if beta == 0.0:
             self.ev.square(ct, out)
@@ -76,6 +78,10 @@ class _Ops:
             shifted = seal.Ciphertext()
             self.ev.add_plain(ct, self.encode(beta, ct, ct.scale), shifted)
             self.ev.multiply(ct, shifted, out)
+        return out
+
+    def activation(self, ct: seal.Ciphertext, beta: float) -> seal.Ciphertext:
+        out = self.activation_raw(ct, beta)
         self.ev.relinearize_inplace(out, self.c.relin_keys)
         self.ev.rescale_to_next_inplace(out)
         return out
@@ -183,10 +189,16 @@ def evaluate(plan: Plan, enc: EncryptedBatch, *, mask: bool = True, flood: float
     # Start exactly `depth` levels above the output modulus: fewer limbs, faster ops.
     cts = [o.copy_at(ct, plan.depth) for ct in enc.ciphertexts]
 
-    for step in plan.steps:
+    fast = enc.packing == "batch" and batch.available(cts[0])
+    for i, step in enumerate(plan.steps):
         if enc.packing == "batch":
-            cts = (_affine_batch(o, cts, step) if isinstance(step, Affine)
-                   else [o.activation(c, step.beta) for c in cts])
+            if isinstance(step, Affine):
+                cts = batch.affine(o, cts, step) if fast else _affine_batch(o, cts, step)
+            elif fast and i + 1 < len(plan.steps) and isinstance(plan.steps[i + 1], Affine):
+                # deferred relinearization: the next layer takes 3-component ciphertexts
+                cts = batch.run_all(lambda c, b=step.beta: o.activation_raw(c, b), cts)
+            else:
+                cts = batch.run_all(lambda c, b=step.beta: o.activation(c, b), cts)
         else:
             cts = [_affine_single(o, cts[0], step) if isinstance(step, Affine)
                    else o.activation(cts[0], step.beta)]
