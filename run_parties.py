@@ -285,7 +285,10 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
                 *scenario.extra_args.get(name, []), stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True)
             log.close()
             pumps.append(asyncio.create_task(_pump(procs[name].stdout, name)))
-        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs.values())), timeout)
+        waiting = asyncio.gather(*(p.wait() for p in procs.values()))
+        # On Ctrl-C the gather ends cancelled; mark that seen so asyncio does not print it
+        waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await asyncio.wait_for(waiting, timeout)
     except TimeoutError:
         console.print(f"[red]session did not finish within {timeout:g} s; stopping every party[/]")
     finally:
