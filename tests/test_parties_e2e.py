@@ -345,3 +345,45 @@ def test_per_machine_flow_with_cli(tmp_path):
         shutil.copy(m / "transcripts" / f"{name}.jsonl", coordinator / "transcripts")
     assert Deployment.load(coordinator / "deployment.toml").name == "clinics"
     assert_clean(audit_run(coordinator))
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_run_parties_simulation_and_ctrl_c(tmp_path):
+    """run_parties.py: fresh deployment, embedded broker, a process per party, results,
+    audit, the run directory on the last line; Ctrl-C stops every process it started."""
+    runs = tmp_path / "runs"
+    done = subprocess.run([PY, "run_parties.py", "--runs-dir", str(runs), "hashcomb-setup",
+                           "--owners", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = Path(done.stdout.strip().splitlines()[-1])
+    assert run_dir.parent == runs and (run_dir / "deployment.toml").exists()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert all(r["ok"] for r in results["parties"].values()) and results["audit"]["ok"]
+    assert "audit: clean" in done.stdout
+
+    slow = tmp_path / "interrupted"
+    proc = subprocess.Popen([PY, "run_parties.py", "--runs-dir", str(slow), "argmax2pc"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_processes_mentioning(str(slow))) < 4:  # the runner and its 3 parties
+            assert time.monotonic() < deadline and proc.poll() is None, "parties never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "every party process was stopped" in out and "Traceback" not in out
+    assert _processes_mentioning(str(slow)) == []
