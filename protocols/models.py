@@ -8,6 +8,7 @@ parties different widths, depths and activations.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,20 +26,24 @@ ARCHITECTURES = {
     "mlp-square-32x2": (32, "square", 2),
 }
 DEFAULT_ARCH = "mlp-square-64"
+_INIT_LOCK = threading.Lock()
 
 
 def build_model(arch: str, in_features: int, num_classes: int, seed: int) -> nn.Sequential:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     width, act, depth = ARCHITECTURES[arch]
-    torch.manual_seed(seed)  # model initialisation only: reproducible experiments, not a secret
-    layers: list[nn.Module] = []
-    d = in_features
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), Square() if act == "square" else PolyReLU()]
-        d = width
-    layers.append(nn.Linear(d, num_classes))
-    return nn.Sequential(*layers)
+    # Initialisation draws from torch's global generator: seed it (reproducible
+    # experiments, not a secret) under a lock, as roles train in parallel threads.
+    with _INIT_LOCK:
+        torch.manual_seed(seed)
+        layers: list[nn.Module] = []
+        d = in_features
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), Square() if act == "square" else PolyReLU()]
+            d = width
+        layers.append(nn.Linear(d, num_classes))
+        return nn.Sequential(*layers)
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 60,

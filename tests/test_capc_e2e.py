@@ -10,7 +10,6 @@ from pathlib import Path
 
 import aiomqtt
 import numpy as np
-import pytest
 
 from mpc import encoding
 from parties.audit import audit_run
@@ -104,3 +103,25 @@ def test_capc_between_processes_on_mosquitto(tmp_path):
     finally:
         stop_mosquitto(proc)
     _check(run_dir, rec.payloads, tmp_path)
+
+
+def test_guardian_restarted_between_sessions_keeps_its_budget(tmp_path):
+    """Two QPs in turn: a fresh PG process per session opens the same ledger, so the
+    second session's spending starts where the first one's ended, and the budget holds."""
+    with EmbeddedBroker() as broker:
+        cmd = [sys.executable, str(ROOT / "run_parties.py"), "--broker", broker.url,
+               "--runs-dir", str(tmp_path), "capc", "--mode", "plaintext", "--parties", "3",
+               "--qps", "2", "--queries", "6", "--batch-size", "3", "--epochs", "3",
+               "--sigma-gnmax", "0.5", "--budget", "80"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    first, second = (json.loads((Path(d) / "results.json").read_text())
+                     for d in out.stdout.strip().splitlines()[-2:])
+    pg1, pg2 = first["parties"]["guardian"]["result"], second["parties"]["guardian"]["result"]
+    qp2 = second["parties"]["party2"]["result"]
+    assert pg1["granted"] > 0 and pg2["epsilon"] > pg1["epsilon"]
+    # the second session paid on top of the first: its first batch already shows more
+    assert qp2["curve"][0]["epsilon"] > pg1["epsilon"]
+    assert pg2["epsilon"] <= 80 and qp2["refused"] > 0   # and the budget still binds
+    ledgers = list(tmp_path.glob("pg-ledger-*.jsonl"))
+    assert len(ledgers) == 1
