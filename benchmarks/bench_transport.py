@@ -34,7 +34,7 @@ console = Console(highlight=False)
 # -- envelopes ------------------------------------------------------------------
 
 def bench_envelope(size: int, seconds: float = 1.0) -> float:
-    """Seconds per seal + open of a ``size``-byte payload."""
+    """Seconds per seal + open of a ``size``-byte payload (best of three slices)."""
     from parties.envelope import Sealer
     from parties.identity import new_local_deployment
 
@@ -44,11 +44,14 @@ def bench_envelope(size: int, seconds: float = 1.0) -> float:
         a = Sealer(dep, PrivateKeys.load(Path(tmp) / "keys" / "a.key"), "s")
         b = Sealer(dep, PrivateKeys.load(Path(tmp) / "keys" / "b.key"), "s")
         payload = os.urandom(size)
-        n, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds or n < 5:
-            b.open(a.seal("b", "bench", "x", payload).data)
-            n += 1
-        return elapsed / n
+        best = float("inf")
+        for _ in range(3):
+            n, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < seconds / 3 or n < 3:
+                b.open(a.seal("b", "bench", "x", payload).data)
+                n += 1
+            best = min(best, elapsed / n)
+        return best
 
 
 # -- brokers ----------------------------------------------------------------------
@@ -86,9 +89,9 @@ def have_mosquitto() -> bool:
 
 # -- round trips through a broker ------------------------------------------------------
 
-async def _roundtrips(run_dir: Path, sizes: dict[int, tuple[int, int]]) -> dict[int, tuple[float, float]]:
+async def _roundtrips(run_dir: Path, sizes: dict[int, tuple[int, int]]) -> dict[int, tuple]:
     """MqttChannel 'a' to MqttChannel 'b' (one process, one event loop): per size,
-    (median round-trip seconds, one-way MB/s streaming ``n`` messages)."""
+    (median and fastest round trip in seconds, one-way MB/s streaming ``n`` messages)."""
     from parties.identity import Deployment, PrivateKeys
     from parties.mqtt_channel import MqttChannel
     from parties.transcript import Transcript, transcript_path
@@ -131,7 +134,7 @@ async def _roundtrips(run_dir: Path, sizes: dict[int, tuple[int, int]]) -> dict[
             await a.recv("b", "bench.done", 120)
             elapsed = time.perf_counter() - t
             await task
-            out[size] = (statistics.median(rtts[1:]), stream * size / elapsed / 1e6)
+            out[size] = (statistics.median(rtts[1:]), min(rtts[1:]), stream * size / elapsed / 1e6)
     finally:
         for ch in chans.values():
             await ch.close()
@@ -139,7 +142,7 @@ async def _roundtrips(run_dir: Path, sizes: dict[int, tuple[int, int]]) -> dict[
     return out
 
 
-def bench_roundtrips(kind: str, sizes: dict[int, tuple[int, int]]) -> dict[int, tuple[float, float]]:
+def bench_roundtrips(kind: str, sizes: dict[int, tuple[int, int]]) -> dict[int, tuple]:
     with tempfile.TemporaryDirectory() as tmp:
         brokers = _Brokers(kind, Path(tmp), [("a", "x"), ("b", "x")])
         try:
@@ -281,44 +284,58 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:.2f} ms" if s >= 1e-3 else f"{s * 1e6:.0f} µs"
 
 
+def _warm(result: dict) -> float:
+    return statistics.median(r["seconds"] for r in result["runs"][1:])
+
+
 def main(quick: bool = False) -> None:
-    table = Table(title="Envelope seal + open (one core)")
+    console.print("The machine may be shared: latencies are medians, and the fastest "
+                  "round trip shows the floor without contention.")
+    table = Table(title="Envelope seal + open (one core, best of 3)")
     for col in ("payload", "seal + open", "throughput", "earlier figure (docs/parties.md)"):
         table.add_column(col)
     for size, label, anchor in ((1024, "1 KiB", "277 µs"), (2**20, "1 MiB", "4.3 ms")):
-        per = bench_envelope(size, 0.5 if quick else 1.5)
+        per = bench_envelope(size, 0.6 if quick else 1.5)
         table.add_row(label, _ms(per), f"{1 / per:,.0f} msg/s, {size / per / 2**20:,.1f} MiB/s", anchor)
     console.print(table)
 
     kinds = ["amqtt"] + (["mosquitto"] if have_mosquitto() else [])
-    sizes = {1024: (50, 200) if quick else (200, 1000), 2**20: (5, 5) if quick else (20, 20)}
+    sizes = {1024: (50, 200) if quick else (300, 1000), 2**20: (5, 5) if quick else (20, 20)}
     table = Table(title="MqttChannel to MqttChannel through a broker on loopback "
                         "(sealed, transcribed, QoS 1)")
-    for col in ("broker", "payload", "round trip (median)", "one-way stream"):
+    for col in ("broker", "payload", "round trip: median", "fastest", "one-way stream"):
         table.add_column(col)
     for kind in kinds:
-        for size, (rtt, mbps) in bench_roundtrips(kind, sizes).items():
-            table.add_row(kind, "1 KiB" if size == 1024 else "1 MiB", _ms(rtt),
+        for size, (rtt, fastest, mbps) in bench_roundtrips(kind, sizes).items():
+            table.add_row(kind, "1 KiB" if size == 1024 else "1 MiB", _ms(rtt), _ms(fastest),
                           f"{mbps:,.2f} MB/s ({mbps * 1e6 / size:,.0f} msg/s)")
     if not have_mosquitto():
-        table.add_row("mosquitto", "-", "not installed", "`make mosquitto`")
+        table.add_row("mosquitto", "-", "not installed", "", "`make mosquitto`")
     console.print(table)
 
-    reps = 4 if quick else 11
-    gloo = bench_argmax_gloo(reps)
-    g_warm = statistics.median(r["seconds"] for r in gloo["runs"][1:])
-    table = Table(title=f"2PC argmax (one-hot) of a {BATCH}x{CLASSES} score vector, "
-                        f"median of {reps - 1} after a first call; party 0's view")
+    # Transports take turns (passes), so a burst of load elsewhere hits them alike;
+    # each keeps its best pass.
+    reps, passes = (4, 1) if quick else (11, 2)
+    best: dict[str, dict] = {}
+    for _ in range(passes):
+        for name, bench in [("gloo", bench_argmax_gloo)] + [
+                (kind, lambda r, k=kind: bench_argmax_mqtt(k, r)) for kind in kinds]:
+            got = bench(reps)
+            if name not in best or _warm(got) < _warm(best[name]):
+                best[name] = got
+    gloo = best["gloo"]
+    g_warm = _warm(gloo)
+    table = Table(title=f"2PC argmax (one-hot) of a {BATCH}x{CLASSES} score vector, party 0's "
+                        f"view: median of {reps - 1} after a first call, best of {passes} pass(es)")
     for col in ("transport", "first call", "per argmax", "vs gloo (aim <= 3x)",
                 "peer messages / rounds", "dealer", "bytes sent"):
         table.add_column(col)
     table.add_row("CrypTen gloo, TFP provider", _ms(gloo["runs"][0]["seconds"]), _ms(g_warm), "1.0x",
-                  f"{gloo['runs'][-1]['rounds']} rounds", "0 (local TFP)",
+                  f"{gloo['runs'][-1]['rounds']} rounds", "none (local TFP)",
                   f"{gloo['runs'][-1]['bytes']:,}")
     for kind in kinds:
-        m = bench_argmax_mqtt(kind, reps)
-        warm = statistics.median(r["seconds"] for r in m["runs"][1:])
-        last = m["runs"][-1]
+        m = best[kind]
+        warm, last = _warm(m), m["runs"][-1]
         ratio = warm / g_warm
         table.add_row(f"MQTT via {kind}, dealer", _ms(m["runs"][0]["seconds"]), _ms(warm),
                       f"{'[green]' if ratio <= 3 else '[red]'}{ratio:.1f}x[/]",
