@@ -5,10 +5,11 @@ Two packings (chosen by `encrypt`, packing="auto"):
   batch, one query per slot (up to N/2 queries). Linear layers are then
   scalar-times-ciphertext sums: no rotations, no Galois keys.
 - "single": one query per ciphertext, the flattened input zero-padded to a power
-  of two n_p and repeated across all N/2 slots. Repetition lets the evaluator
-  compute dense layers with the diagonal method without masking (evaluate.py).
-  The layout does not depend on the answering party's model, so one ciphertext
-  can be sent to several answering parties with different architectures.
+  of two n_p and written into all N/2 slots as shifted copies (he/single.py).
+  The copies let the evaluator compute dense layers without masking and with
+  few plaintext products (evaluate.py). The layout does not depend on the
+  answering party's model, so one ciphertext can be sent to several answering
+  parties with different architectures.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import numpy as np
 import torch
 from tenseal import sealapi as seal
 
-from he import seal_io
+from he import seal_io, single
 from he.errors import ContextMismatchError, HEError, SerializationError, ShapeError
 from he.keys import Keys, PublicContext
 from he.plan import _pow2
 
-_VERSION = 1
+_VERSION = 2  # 2: shifted-copies single-query layout
 PACKINGS = ("batch", "single")
 
 
@@ -130,7 +131,7 @@ def encrypt(keys: PublicContext, x: torch.Tensor, packing: str = "auto") -> Encr
             raise ShapeError(f"single-query packing encrypts one query, got a batch of {batch}")
         if _pow2(n) > slots:
             raise ShapeError(f"input of {n} features needs {_pow2(n)} slots; these keys have {slots}")
-    rows = [a[:, i] for i in range(n)] if packing == "batch" else [np.tile(_pad(a[0]), slots // _pow2(n))]
+    rows = [a[:, i] for i in range(n)] if packing == "batch" else [single.layout(a[0], slots)]
     enc = EncryptedBatch(keys, packing, tuple(x.shape[1:]), batch, [])
     wire = []
     for row in rows:
@@ -146,12 +147,6 @@ def encrypt(keys: PublicContext, x: torch.Tensor, packing: str = "auto") -> Encr
         enc.ciphertexts.append(ct)
     enc._wire = wire or None
     return enc
-
-
-def _pad(v: np.ndarray) -> np.ndarray:
-    out = np.zeros(_pow2(len(v)))
-    out[: len(v)] = v
-    return out
 
 
 def decrypt(keys: Keys, out: EncryptedOutput) -> torch.Tensor:

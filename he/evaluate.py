@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tenseal import sealapi as seal
 
-from he import batch
+from he import batch, single
 from he import mask as M
 from he.cipher import EncryptedBatch, EncryptedOutput
 from he.errors import ContextMismatchError, DepthError, HEError, ShapeError
@@ -113,6 +113,72 @@ def _affine_batch(o: _Ops, cts: list[seal.Ciphertext], step: Affine) -> list[sea
     return out
 
 
+# Encoded diagonals are cached per (layer, CKKS parameters): they depend on the
+# weights and the primes only, not on any key, so every query after the first (from
+# any querying party with the same preset) skips the encoding. Budget in bytes.
+PLAINTEXT_CACHE_BYTES = 1 << 30
+_cache_used = 0
+
+
+def _diagonal_plaintexts(o: _Ops, v: seal.Ciphertext, step: Affine, kind: str,
+                         diagonals, count: int, B: int) -> list[list[seal.Plaintext | None]]:
+    """Plaintexts rot(d_{gB+b}, -gB) at scale q for the BSGS sum, grouped by g (None: zero)."""
+    global _cache_used
+    q = o.last_prime(v)
+    key = (kind, o.slots, tuple(v.parms_id()))
+    cache = step.__dict__.setdefault("_pt_cache", {})
+    if key in cache:
+        return cache[key]
+
+    def group(g: int) -> list[seal.Plaintext | None]:
+        out = []
+        for b in range(min(B, count - g * B)):
+            d = diagonals(g * B + b)
+            # A diagonal that encodes to zero would make SEAL's product transparent.
+            out.append(o.encode(np.roll(d, g * B), v, q) if (np.abs(d) * q >= 1.0).any() else None)
+        return out
+
+    groups = batch.run_all(group, range((count + B - 1) // B))
+    size = sum(pt is not None for g in groups for pt in g) * v.coeff_modulus_size() * 8 * o.slots * 2
+    if _cache_used + size <= PLAINTEXT_CACHE_BYTES:
+        cache[key] = groups
+        _cache_used += size
+    return groups
+
+
+def _bsgs(o: _Ops, v: seal.Ciphertext, groups: list[list[seal.Plaintext | None]],
+          B: int, source: str) -> seal.Ciphertext:
+    """sum_g rot(sum_b pt_{g,b} * rot(v, b), gB), the inner sums on every core."""
+    baby = [v]
+    for _ in range(1, max(len(g) for g in groups)):
+        baby.append(o.rotate(baby[-1], 1))
+
+    def inner(pts: list[seal.Plaintext | None]) -> seal.Ciphertext | None:
+        acc = None
+        for b, pt in enumerate(pts):
+            if pt is None:
+                continue
+            t = o.mul_plain(baby[b], pt)
+            if acc is None:
+                acc = t
+            else:
+                o.ev.add_inplace(acc, t)
+        return acc
+
+    inners = batch.run_all(inner, groups)
+    acc = None
+    for part in reversed(inners):  # Horner: rotations by B only
+        if acc is not None:
+            acc = o.rotate(acc, B)
+            if part is not None:
+                o.ev.add_inplace(acc, part)
+        else:
+            acc = part
+    if acc is None:
+        raise HEError(f"affine layer {source} has an all-zero weight matrix; remove it")
+    return acc
+
+
 def _affine_single(o: _Ops, v: seal.Ciphertext, step: Affine) -> seal.Ciphertext:
     """W v + b for v repeated with period n_p over all slots; result repeats with period m_p.
 
@@ -126,31 +192,9 @@ def _affine_single(o: _Ops, v: seal.Ciphertext, step: Affine) -> seal.Ciphertext
     Wp = np.zeros((m_p, n_p))
     Wp[:m, :n] = step.W
     i = np.arange(o.slots)
-    q = o.last_prime(v)
-    baby = [v]
-    for _ in range(1, min(B, K)):
-        baby.append(o.rotate(baby[-1], 1))
-    acc = None
-    for g in reversed(range((K + B - 1) // B)):
-        inner = None
-        for b in range(min(B, K - g * B)):
-            k = g * B + b
-            d = Wp[i % m_p, (i + k) % n_p]
-            if not (np.abs(d) * q >= 1.0).any():  # encodes to zero: see _affine_batch
-                continue
-            t = o.mul_plain(baby[b], o.encode(np.roll(d, g * B), v, q))
-            if inner is None:
-                inner = t
-            else:
-                o.ev.add_inplace(inner, t)
-        if acc is not None:
-            acc = o.rotate(acc, B)
-            if inner is not None:
-                o.ev.add_inplace(acc, inner)
-        else:
-            acc = inner
-    if acc is None:
-        raise HEError(f"affine layer {step.source} has an all-zero weight matrix; remove it")
+    groups = _diagonal_plaintexts(o, v, step, "replicated",
+                                  lambda k: Wp[i % m_p, (i + k) % n_p], K, B)
+    acc = _bsgs(o, v, groups, B, step.source)
     s = m_p
     while s < n_p:
         o.ev.add_inplace(acc, o.rotate(acc, s))
@@ -159,6 +203,24 @@ def _affine_single(o: _Ops, v: seal.Ciphertext, step: Affine) -> seal.Ciphertext
     bias = np.zeros(m_p)
     bias[:m] = step.b
     o.ev.add_plain_inplace(acc, o.encode(np.tile(bias, o.slots // m_p), acc, acc.scale))
+    return acc
+
+
+def _affine_single_first(o: _Ops, v: seal.Ciphertext, step: Affine) -> seal.Ciphertext:
+    """The first affine layer on the shifted-blocks query layout (he/single.py):
+    sum_g rot(sum_b rot(p_{gB+b}, -gB) * rot(v, b), gB), then rotate-and-add by
+    m_p, 2 m_p, ... so the result repeats with period m_p."""
+    fl = single.first_layer(step, o.slots)
+    groups = _diagonal_plaintexts(o, v, step, "first", lambda k: fl.diagonals[k], fl.count, fl.baby)
+    acc = _bsgs(o, v, groups, fl.baby, step.source)
+    s = fl.m_p
+    while s < o.slots:
+        o.ev.add_inplace(acc, o.rotate(acc, s))
+        s *= 2
+    o.ev.rescale_to_next_inplace(acc)
+    bias = np.zeros(fl.m_p)
+    bias[: len(step.b)] = step.b
+    o.ev.add_plain_inplace(acc, o.encode(np.tile(bias, o.slots // fl.m_p), acc, acc.scale))
     return acc
 
 
@@ -178,7 +240,7 @@ def evaluate(plan: Plan, enc: EncryptedBatch, *, mask: bool = True, flood: float
     if any(isinstance(s, Activation) for s in plan.steps):
         ctx.require_relin()
     if enc.packing == "single":
-        ctx.require_rotations(plan.rotation_steps)
+        ctx.require_rotations(plan.rotation_steps_for(o.slots))
         if plan.single_slots > o.slots:
             raise ShapeError(f"single-query packing of this plan needs {plan.single_slots} slots, the "
                              f"key has {o.slots}; send the query batch-packed")
@@ -200,8 +262,11 @@ def evaluate(plan: Plan, enc: EncryptedBatch, *, mask: bool = True, flood: float
             else:
                 cts = batch.run_all(lambda c, b=step.beta: o.activation(c, b), cts)
         else:
-            cts = [_affine_single(o, cts[0], step) if isinstance(step, Affine)
-                   else o.activation(cts[0], step.beta)]
+            if isinstance(step, Affine):
+                first = not any(isinstance(s, Affine) for s in plan.steps[:i])
+                cts = [(_affine_single_first if first else _affine_single)(o, cts[0], step)]
+            else:
+                cts = [o.activation(cts[0], step.beta)]
 
     r_full = M.uniform_mask((len(cts), o.slots)) if mask else np.zeros((len(cts), o.slots))
     for ct, r in zip(cts, r_full, strict=True):

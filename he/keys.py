@@ -174,7 +174,7 @@ def keygen(plans: Plan | Iterable[Plan] | None = None, *, depth: int | None = No
     params = P.choose(need, min_slots)
     if single_query:
         if plans and depth is None:
-            steps = set().union(*(p.rotation_steps for p in plans))
+            steps = set().union(*(p.rotation_steps_for(params.slots) for p in plans))
         else:
             steps = {1 << k for k in range(params.slots.bit_length() - 1)}
     else:

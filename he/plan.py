@@ -102,10 +102,22 @@ class Plan:
 
     @property
     def rotation_steps(self) -> frozenset[int]:
-        """Rotation steps (all powers of two) single-query packing uses."""
+        """Rotation steps (all powers of two) single-query packing uses under this plan's
+        own preset (he.keygen(plan))."""
+        return self.rotation_steps_for(P.choose(self.depth, self.single_slots).slots)
+
+    def rotation_steps_for(self, slots: int) -> frozenset[int]:
+        """Rotation steps single-query packing uses with `slots` CKKS slots."""
+        from he.single import first_layer  # local: single imports plan
+
         steps: set[int] = set()
+        first = True
         for s in self.steps:
             if not isinstance(s, Affine):
+                continue
+            if first:  # shifted-blocks query layout, see he/single.py
+                steps |= first_layer(s, slots).rotation_steps(slots)
+                first = False
                 continue
             m_p, n_p = s.padded
             k = min(m_p, n_p)

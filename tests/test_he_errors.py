@@ -105,9 +105,11 @@ def test_public_context_lacking_keys(setup) -> None:
     with pytest.raises(he.MissingKeyError, match="relinearization"):
         plan.evaluate(he.EncryptedBatch.load(no_relin, he.encrypt(keys, x).serialize()))
     # A key made for another plan lacks this plan's rotations.
+    other = he.keygen(he.compile(nn.Sequential(he.Square(), he.Square(), nn.Linear(6, 3)), (6,)))
     wide = he.compile(nn.Sequential(nn.Linear(6, 64), he.Square(), nn.Linear(64, 2)), (6,))
+    assert not wide.rotation_steps <= other.galois_steps
     with pytest.raises(he.MissingKeyError, match="rotation steps"):
-        wide.evaluate(he.encrypt(keys, x, packing="single"))
+        wide.evaluate(he.encrypt(other, x, packing="single"))
 
 
 def test_model_plan_mismatch(setup) -> None:

@@ -117,3 +117,41 @@ def test_zero_row_gets_fresh_bias_encryption() -> None:
     out, r = plan.evaluate(he.encrypt(keys, x, packing="batch"))
     with torch.no_grad():
         assert torch.allclose(he.decrypt(keys, out) + r, model(x).double(), atol=1e-3)
+
+
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 70), n=st.integers(1, 70), log_slots=st.integers(7, 12), seed=st.integers(0, 2**32 - 1))
+def test_first_layer_assigns_every_weight_once(m: int, n: int, log_slots: int, seed: int) -> None:
+    """Single-query first layer: simulating out[s] = sum_k p_k[s] x[s+k] and the
+    rotate-and-add reduction on the shifted-copies layout gives exactly W v."""
+    from he.plan import Affine, _pow2
+    from he.single import first_layer, layout
+    slots = 1 << log_slots
+    if max(_pow2(m), _pow2(n)) > slots:
+        return
+    rng = np.random.default_rng(seed)
+    w, v = rng.normal(size=(m, n)), rng.normal(size=n)
+    fl = first_layer(Affine(w, np.zeros(m), "test"), slots)
+    assert fl.count <= max(_pow2(m), _pow2(n))
+    x = layout(v, slots)
+    out = sum(fl.diagonals[k] * np.roll(x, -k) for k in range(fl.count))
+    s = fl.m_p
+    while s < slots:
+        out = out + np.roll(out, -s)
+        s *= 2
+    assert np.allclose(out[:m], w @ v) and np.allclose(out, np.tile(out[: fl.m_p], slots // fl.m_p))
+
+
+def test_single_query_layout_serves_different_models() -> None:
+    torch.manual_seed(3)
+    a = nn.Sequential(nn.Linear(30, 16), he.Square(), nn.Linear(16, 3)).eval()
+    b = nn.Sequential(nn.Linear(30, 5), he.PolyReLU(), nn.Linear(5, 7), he.Square(), nn.Linear(7, 2)).eval()
+    pa, pb = he.compile(a, (30,)), he.compile(b, (30,))
+    keys = he.keygen([pa, pb])
+    x = torch.rand(1, 30)
+    enc = he.encrypt(keys, x, packing="single")
+    for model, plan in ((a, pa), (b, pb)):
+        for _ in range(2):  # the second run uses the cached encoded diagonals
+            out, r = plan.evaluate(enc)
+            with torch.no_grad():
+                assert torch.allclose(he.decrypt(keys, out) + r, model(x).double(), atol=2e-3)
