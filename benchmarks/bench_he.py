@@ -3,7 +3,8 @@
     python -m benchmarks.bench_he [--batch N]
 
 Per answering party: single-query latency (encrypt not included; evaluation on
-the public context), batched throughput with a full batch of N/2 queries, bytes
+the public context; first query and later ones, which reuse the cached encoded
+diagonals), batched throughput with a full batch of N/2 queries, bytes
 per query in each direction, key generation time and public context size.
 """
 
@@ -41,12 +42,17 @@ def measure(name: str, model: nn.Module, shape: tuple[int, ...], batch: int | No
     ctx_single = len(pub.serialize())
     ctx_batch = len(keys.public(galois=False).serialize())
 
-    x1 = torch.rand(1, *shape)
-    q1 = he.encrypt(keys, x1).serialize()
-    enc1 = he.EncryptedBatch.load(pub, q1)
-    t = time.perf_counter()
-    out1, r1 = plan.evaluate(enc1)
-    single_s = time.perf_counter() - t
+    # First query: includes encoding the plan's diagonals (cached per plan and CKKS
+    # preset); later queries, from any querying party with that preset, reuse them.
+    single = []
+    for _ in range(3):
+        x1 = torch.rand(1, *shape)
+        q1 = he.encrypt(keys, x1).serialize()
+        enc1 = he.EncryptedBatch.load(pub, q1)
+        t = time.perf_counter()
+        out1, r1 = plan.evaluate(enc1)
+        single.append(time.perf_counter() - t)
+    single_s, single_cold = min(single[1:]), single[0]
     a1 = out1.serialize()
     with torch.no_grad():
         err1 = float((he.decrypt(keys, out1) + r1 - model(x1).double()).abs().max())
@@ -64,7 +70,7 @@ def measure(name: str, model: nn.Module, shape: tuple[int, ...], batch: int | No
     got = he.decrypt(keys, outb) + rb
     return {
         "name": name, "plan": plan, "params": keys.params, "keygen_s": keygen_s,
-        "ctx_single": ctx_single, "ctx_batch": ctx_batch, "single_s": single_s,
+        "ctx_single": ctx_single, "ctx_batch": ctx_batch, "single_s": single_s, "single_cold": single_cold,
         "single_up": len(q1), "single_down": len(a1), "err1": err1, "batch": nb,
         "batch_s": batch_s, "qps": nb / batch_s, "batch_up": len(qb) / nb, "batch_down": len(ab) / nb,
         "errb": float((got - ref).abs().max()),
@@ -93,8 +99,10 @@ def main() -> None:
 
     add("depth / CKKS preset", lambda r: f"{r['plan'].depth} / N={r['params'].poly_degree}, "
         f"2^{r['params'].scale_bits}")
-    add("single-query latency", lambda r: f"{r['single_s']:.2f} s",
+    add("single-query latency (warm, best of 2)", lambda r: f"{r['single_s']:.2f} s",
         "CaPC ref ~3.0 s (CryptoNets-ReLU); aim < 1.0 s")
+    add("single-query latency (first query)", lambda r: f"{r['single_cold']:.2f} s",
+        "includes encoding the plan's diagonals once")
     add("single: bytes up / down", lambda r: f"{r['single_up'] / 1e3:.0f} kB / {r['single_down'] / 1e3:.0f} kB")
     add("batch size", lambda r: f"{r['batch']}")
     add("batch throughput", lambda r: f"{r['qps']:.1f} q/s ({r['batch_s']:.1f} s)",
