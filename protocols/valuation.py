@@ -29,6 +29,7 @@ docs/precode_valuation.md.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -484,7 +485,7 @@ def print_tables(out: dict, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = Console(width=max(Console().width, 120))  # files/pipes: no 80-column cut
     t = Table(title=f"{title}: finding corrupted samples (precision@k, k = #positives)")
     for c in ("regime", "epsilon", "test acc", "score", "p@k flipped", "p@k atypical",
               "p@k either"):
@@ -522,12 +523,16 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--quick", action="store_true", help="quick settings (default: full)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--plot", default="results/valuation_scores.png")
+    ev.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # oversubscribed threads are far slower on a shared 2-core box
     t0 = time.time()
     out = evaluate(QUICK if args.quick else FULL, seed=args.seed, plot_path=args.plot)
     print_tables(out, f"{'quick' if args.quick else 'full'} settings, seed {args.seed}, "
                       f"{time.time() - t0:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
     return 0
 
 

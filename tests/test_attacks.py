@@ -55,7 +55,7 @@ def test_precode_defeats_ig_but_not_the_adaptive_attack(digits):
     model = mlp((1, 8, 8), 10, hidden=64)
     insert_bottleneck(model, "head", k=32)
     x, _, target = _victim(model, digits, [0, 1])
-    cfg = A.IGConfig(iterations=150, restarts=1)
+    cfg = A.IGConfig(iterations=100, restarts=1)
     plain = A.inverting_gradients(model, target, (1, 8, 8), config=cfg)
     adaptive = A.adaptive_attack(model, target, (1, 8, 8), config=cfg)
     assert A.score_reconstructions(x, plain.reconstruction).summary()["ssim"] < 0.5

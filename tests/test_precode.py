@@ -106,3 +106,19 @@ def test_insert_into_cnn_and_errors():
     assert kl_loss(mlp((4,), 2)).item() == 0.0
     with pytest.raises(PrecodeError, match="no VariationalBottleneck"):
         parameters_before_bottleneck(mlp((4,), 2))
+
+
+def test_evaluation_data_loaders():
+    from protocols.datasets import DatasetError, load_digit_images, load_table, synthetic_images
+
+    syn = synthetic_images(n_train=40, n_test=10, seed=1)
+    assert syn.x_train.shape == (40, 3, 32, 32) and syn.x_test.shape == (10, 3, 32, 32)
+    assert 0.0 <= syn.x_train.min() and syn.x_train.max() <= 1.0 and syn.num_classes == 10
+    assert torch.equal(syn.x_train, synthetic_images(n_train=40, n_test=10, seed=1).x_train)
+    digits = load_digit_images()
+    assert digits.input_shape == (1, 8, 8) and digits.x_train.max() <= 1.0
+    assert len(digits.y_train) + len(digits.y_test) == 1797
+    wine = load_table("wine")
+    assert abs(float(wine.x_train.mean())) < 1e-4 and wine.num_classes == 3
+    with pytest.raises(DatasetError, match="choose one of"):
+        load_table("iris")

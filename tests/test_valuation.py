@@ -76,12 +76,12 @@ def test_dp_sgd_reports_epsilon_and_learns():
     s = data.split
     torch.manual_seed(0)
     res = V.train(V.valuation_mlp(s.input_shape, 10), s.x_train, s.y_train,
-                  V.TrainConfig(epochs=3, epsilon=4.0), s.x_test, s.y_test)
+                  V.TrainConfig(epochs=2, epsilon=4.0), s.x_test, s.y_test)
     assert res.epsilon is not None and 3.0 < res.epsilon <= 4.0 + 1e-6
-    assert res.noise_multiplier > 0.5 and res.steps == 3 * 21
+    assert res.noise_multiplier > 0.5 and res.steps == 2 * 21
     assert set(res.scores) == set(V.SCORES) and all(len(v) == len(s.y_train)
                                                     for v in res.scores.values())
-    assert res.test_accuracy > 0.3  # well above chance (0.1) even after 3 private epochs
+    assert res.test_accuracy > 0.3  # well above chance (0.1) even after 2 private epochs
     plain = V.train(V.valuation_mlp(s.input_shape, 10), s.x_train, s.y_train,
                     V.TrainConfig(epochs=2), score=False)
     assert plain.epsilon is None and plain.noise_multiplier == 0.0
