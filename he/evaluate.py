@@ -8,6 +8,8 @@ share one scale, so SEAL's exact-scale checks on addition always pass.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 from tenseal import sealapi as seal
@@ -143,7 +145,13 @@ def _diagonal_plaintexts(o: _Ops, v: seal.Ciphertext, step: Affine, kind: str,
     if _cache_used + size <= PLAINTEXT_CACHE_BYTES:
         cache[key] = groups
         _cache_used += size
+        weakref.finalize(step, _release, size)  # the budget frees up with the plan
     return groups
+
+
+def _release(size: int) -> None:
+    global _cache_used
+    _cache_used -= size
 
 
 def _bsgs(o: _Ops, v: seal.Ciphertext, groups: list[list[seal.Plaintext | None]],
