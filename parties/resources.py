@@ -10,12 +10,12 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from .ledger import BudgetLedger, LedgerNotFound
 
-
-def open_ledger(path: Path, params: dict[str, Any]) -> BudgetLedger:
+def open_ledger(path: Path, params: dict[str, Any]):
     """The privacy guardian's ledger: opened if it exists (its budget stands),
     created with the run's ``epsilon_budget`` and ``delta`` otherwise."""
+    from .ledger import BudgetLedger, LedgerNotFound  # scipy: only for the guardian
+
     try:
         return BudgetLedger.open(path)
     except LedgerNotFound:
