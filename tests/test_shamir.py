@@ -117,5 +117,5 @@ def test_sum_tags_do_not_depend_on_summation_order():
     s0 = parts[0][0] + parts[1][0] + parts[2][0]
     s1 = parts[2][1] + parts[0][1] + parts[1][1]
     s2 = parts[1][2] + parts[2][2] + parts[0][2]
-    expected = bytes(a ^ b ^ c for a, b, c in zip(*(shamir.reconstruct(p) for p in parts)))
+    expected = bytes(a ^ b ^ c for a, b, c in zip(*(shamir.reconstruct(p) for p in parts), strict=True))
     assert shamir.reconstruct([s0, s1, s2]) == expected
