@@ -125,3 +125,61 @@ def test_guardian_restarted_between_sessions_keeps_its_budget(tmp_path):
     assert pg2["epsilon"] <= 80 and qp2["refused"] > 0   # and the budget still binds
     ledgers = list(tmp_path.glob("pg-ledger-*.jsonl"))
     assert len(ledgers) == 1
+
+
+def _received_steps(run_dir: Path, party: str) -> set[tuple[str, str]]:
+    lines = [json.loads(x) for x in (run_dir / "transcripts" / f"{party}.jsonl").read_text().splitlines()]
+    return {(ln["header"]["sender"], ln["header"]["step"]) for ln in lines
+            if ln.get("event") == "received" and ln["header"]["kind"] == "msg"}
+
+
+def test_who_receives_what_in_a_capc_run(tmp_path):
+    """From the transcripts: an AP never receives a reveal or a decision (no label),
+    the PG receives vote shares and 2PC traffic only (no logit, no label), and
+    only the QP receives the PG's output shares."""
+    with EmbeddedBroker() as broker:
+        run_dir = _run_parties(tmp_path / "runs", broker.url)
+    for ap in ("party2", "party3"):
+        steps = {s for _, s in _received_steps(run_dir, ap)}
+        assert steps <= {"query", "crypten", "tuple"}, steps
+    pg = _received_steps(run_dir, "guardian")
+    assert {s for _, s in pg} <= {"vote_share", "crypten", "tuple"}
+    assert {f for f, s in pg if s == "vote_share"} == {"party2", "party3"}
+    qp = _received_steps(run_dir, "party1")
+    assert ("guardian", "reveal") in qp and ("guardian", "decision") in qp
+    dealer = {s for _, s in _received_steps(run_dir, "dealer")}
+    assert dealer <= {"schedule", "tuple_req"}
+
+
+def test_answering_party_process_killed_mid_run(tmp_path):
+    """SIGKILL an AP process after the first batch: the QP finishes with the others,
+    every query is answered and charged, and the audit names the dead party."""
+    import os
+    import signal
+    with EmbeddedBroker() as broker:
+        cmd = [sys.executable, "-u", str(ROOT / "run_parties.py"), "--broker", broker.url,
+               "--runs-dir", str(tmp_path), "capc", "--mode", "plaintext", "--parties", "4",
+               "--queries", "12", "--batch-size", "4", "--epochs", "3", "--sigma-gnmax", "0.5"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=ROOT)
+        killed, lines = False, []
+        for line in proc.stdout:
+            lines.append(line)
+            if not killed and "party1" in line and "batch 1/" in line:
+                pids = subprocess.run(["pgrep", "-f", f"{tmp_path}.*--name party3 "],
+                                      capture_output=True, text=True).stdout.split()
+                assert pids, "party3's process not found"
+                for pid in pids:
+                    os.kill(int(pid), signal.SIGKILL)
+                killed = True
+        proc.wait(300)
+    assert killed, "".join(lines[-30:])
+    run_dir = Path(lines[-1].strip())
+    results = json.loads((run_dir / "results.json").read_text())
+    qp = results["parties"]["party1"]["result"]
+    assert qp["answering_parties_at_end"] == 2 and qp["answered"] == 12
+    assert results["parties"]["guardian"]["result"]["granted"] == 12
+    assert not results["parties"]["party3"]["ok"]
+    assert proc.returncode != 0  # a party failed: the run says so
+    assert not results["audit"]["ok"]
+    assert any("party3" in json.dumps(i) for i in results["audit"]["issues"])
