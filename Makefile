@@ -26,7 +26,7 @@ mosquitto:
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian's mosquitto"; \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto >/dev/null; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto >/dev/null; \
 	  else echo "mosquitto missing and no apt-get: Mosquitto tests will be skipped"; fi; \
 	fi
 
