@@ -274,6 +274,8 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
     params_file.write_text(json.dumps(scenario.params))
     procs: dict[str, asyncio.subprocess.Process] = {}
     pumps = []
+    for name, _ in scenario.parties:  # an earlier session's result must not stand in for this one
+        (run_dir / "results" / f"{name}.json").unlink(missing_ok=True)
     try:
         for name, _ in scenario.parties:
             log = open(run_dir / "logs" / f"{name}.log", "ab")
@@ -282,7 +284,8 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
                 "--name", name, "--key", str(run_dir / "keys" / f"{name}.key"),
                 "--protocol", scenario.protocol, "--session", session,
                 "--params", f"@{params_file}", "--workdir", str(run_dir),
-                *scenario.extra_args.get(name, []), stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True)
+                *scenario.extra_args.get(name, []),
+                stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True)
             log.close()
             pumps.append(asyncio.create_task(_pump(procs[name].stdout, name)))
         waiting = asyncio.gather(*(p.wait() for p in procs.values()))

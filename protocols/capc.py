@@ -104,11 +104,12 @@ def noise_source(s: dict) -> pate.NoiseSource:
     return pate.NoiseSource.secure() if seed is None else pate.NoiseSource.for_simulation(int(seed))
 
 
-def _local_model(ctx: RoleContext, s: dict, data) -> torch.nn.Sequential:
-    index = data_parties(ctx).index(ctx.me)
-    model = build_model(architecture(ctx, s, ctx.me), data.x.shape[1], data.num_classes,
-                        seed=s["seed"] * 1000 + index)
-    return train(model, data.x, data.y, epochs=int(s["epochs"]), seed=s["seed"] * 1000 + index)
+def _train_own(ctx: RoleContext, s: dict, x: torch.Tensor, y: torch.Tensor,
+               num_classes: int) -> torch.nn.Sequential:
+    """This party's architecture, trained from scratch on (x, y) with its own seed."""
+    seed = s["seed"] * 1000 + data_parties(ctx).index(ctx.me)
+    model = build_model(architecture(ctx, s, ctx.me), x.shape[1], num_classes, seed=seed)
+    return train(model, x, y, epochs=int(s["epochs"]), seed=seed)
 
 
 # --- the two secure computations, and their plaintext stand-ins -----------------------
@@ -182,7 +183,7 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
     if s["qp_points"]:
         data.x, data.y = data.x[:int(s["qp_points"])], data.y[:int(s["qp_points"])]
     # CPU-heavy steps run in a worker thread so the event loop keeps the transport alive
-    model = await asyncio.to_thread(_local_model, ctx, s, data)
+    model = await asyncio.to_thread(_train_own, ctx, s, data.x, data.y, data.num_classes)
     acc_before = accuracy(model, data.x_test, data.y_test)
     ctx.progress(f"own model: test accuracy {acc_before:.3f} on {len(data.x)} private points")
     # inference: encrypt, AP evaluation, transport, decrypt; then the 2PCs; retraining apart
@@ -202,7 +203,8 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
     counts = {"answered": 0, "refused": 0, "abstained": 0}
     live_aps = list(aps)
     curve, epsilon = [], 0.0
-    for b, rows in enumerate(batches(s)):
+    plan = batches(s)
+    for b, rows in enumerate(plan):
         xb = data.x_queries[list(rows)]
         # 1-2. private inference: shares of every AP's logits
         t = time.perf_counter()
@@ -277,11 +279,12 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
         timing["pg_and_final_2pc"] += time.perf_counter() - t
         # 6. retrain on own data + labels so far
         t = time.perf_counter()
-        acc_now = await asyncio.to_thread(_retrain_accuracy, ctx, s, data, dict(labels))
+        acc_now = (await asyncio.to_thread(_retrain_accuracy, ctx, s, data, dict(labels))
+                   if labels else acc_before)
         timing["retrain"] += time.perf_counter() - t
         curve.append({"queries": rows.stop, "labelled": len(labels), "accuracy": acc_now,
                       "epsilon": epsilon})
-        ctx.progress(f"batch {b + 1}/{len(batches(s))}: {len(labels)} labelled, "
+        ctx.progress(f"batch {b + 1}/{len(plan)}: {len(labels)} labelled, "
                      f"accuracy {acc_now:.3f}, epsilon {epsilon:.3g}")
     if crypto:
         await ch.send(dealer, f"{NAME}.schedule", {"done": True})
@@ -299,17 +302,11 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
 
 
 def _retrain_accuracy(ctx: RoleContext, s: dict, data, labels: dict[int, int]) -> float:
-    if not labels:
-        model = _local_model(ctx, s, data)
-        return accuracy(model, data.x_test, data.y_test)
+    """Test accuracy of a model retrained on own data plus the labelled queries."""
     idx = sorted(labels)
     x = torch.cat([data.x, data.x_queries[idx]])
     y = torch.cat([data.y, torch.tensor([labels[i] for i in idx], dtype=torch.long)])
-    index = data_parties(ctx).index(ctx.me)
-    model = build_model(architecture(ctx, s, ctx.me), x.shape[1], data.num_classes,
-                        seed=s["seed"] * 1000 + index)
-    train(model, x, y, epochs=int(s["epochs"]), seed=s["seed"] * 1000 + index)
-    return accuracy(model, data.x_test, data.y_test)
+    return accuracy(_train_own(ctx, s, x, y, data.num_classes), data.x_test, data.y_test)
 
 
 async def answering_party(ctx: RoleContext) -> RoleResult:
@@ -318,7 +315,7 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
     qp, pg, dealer = ctx.one_with_role("qp"), ctx.one_with_role("pg"), ctx.one_with_role("dealer")
     data = party_data(s["dataset"], data_parties(ctx), ctx.me, split=s["split"],
                       queries=int(s["queries"]), seed=int(s["seed"]))
-    model = await asyncio.to_thread(_local_model, ctx, s, data)
+    model = await asyncio.to_thread(_train_own, ctx, s, data.x, data.y, data.num_classes)
     acc = accuracy(model, data.x_test, data.y_test)
     ctx.progress(f"own model ({architecture(ctx, s, ctx.me)}): test accuracy {acc:.3f}")
     plan = public = None
@@ -370,11 +367,9 @@ async def privacy_guardian(ctx: RoleContext) -> RoleResult:
     if s["noise_seed"] is None:
         pate.require_secure(noise)
     live_aps = list(ctx.with_role("ap"))
-    num_classes = party_data(s["dataset"], data_parties(ctx), qp, queries=int(s["queries"]),
-                             seed=int(s["seed"])).num_classes
     granted_total = refused_total = 0
     for b, rows in enumerate(batches(s)):
-        votes = np.zeros((len(rows), num_classes), dtype=np.uint64)
+        votes: np.ndarray | None = None
         counted = []
         for ap in list(live_aps):
             try:
@@ -383,12 +378,14 @@ async def privacy_guardian(ctx: RoleContext) -> RoleResult:
                 live_aps.remove(ap)  # its vote does not count; the QP is told below
                 continue
             share = np.asarray(msg["share"], dtype=np.uint64)
-            if int(msg["batch"]) != b or share.shape != votes.shape:
+            expected = (len(rows), share.shape[-1] if votes is None else votes.shape[1])
+            if int(msg["batch"]) != b or share.ndim != 2 or share.shape != expected:
                 raise ProtocolError(f"answering party {ap} sent a malformed vote share")
-            votes += share
+            votes = share if votes is None else votes + share
             counted.append(ap)
         granted = []
-        for j in range(len(rows)):
+        # No votes, no answer: noise alone would spend budget on a meaningless label.
+        for j in range(len(rows) if counted else 0):
             query_id = f"{ch.session}:{b}:{j}"
             if s["threshold"] is None:
                 d = ledger.request_gnmax(s["sigma_gnmax"], query_id)
@@ -402,6 +399,7 @@ async def privacy_guardian(ctx: RoleContext) -> RoleResult:
                                               "epsilon": ledger.epsilon_spent()})
         if not granted:
             continue
+        num_classes = votes.shape[1]
         # Noise in the ring encoding, added to PG's share only. Threshold noise
         # is one draw per query, added to every class (so to the max).
         draws = [pate.confident_gnmax_noise(num_classes, s["sigma_threshold"], s["sigma_gnmax"], noise)

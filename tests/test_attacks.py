@@ -8,14 +8,7 @@ from protocols import attacks as A
 from protocols.datasets import load_digit_images
 from protocols.precode import insert_bottleneck, mlp
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two threads on a shared 2-core box spin against other processes: 10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

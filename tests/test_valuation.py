@@ -7,13 +7,7 @@ import torch.nn.functional as F
 
 from protocols import valuation as V
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_per_sample_gradients_match_single_sample_backward():
