@@ -389,10 +389,27 @@ def scenarios_for(args: argparse.Namespace) -> list[Scenario]:
     return SCENARIOS[args.scenario][2](args)
 
 
+def check_scenarios(scenarios: list[Scenario]) -> str | None:
+    """Every session's parameters, checked before any process starts; the problem, or None."""
+    import protocols
+
+    for scenario in scenarios:
+        try:
+            protocols.check_params(scenario.protocol, scenario.params)
+        except protocols.ParameterError as e:
+            return str(e)
+    return None
+
+
 def main() -> int:
     args = build_parser().parse_args()
+    scenarios = scenarios_for(args)
+    problem = check_scenarios(scenarios)
+    if problem:
+        console.print(f"[red]bad parameters:[/] {problem}")
+        return 2
     try:
-        return asyncio.run(main_async(args, scenarios_for(args)))
+        return asyncio.run(main_async(args, scenarios))
     except KeyboardInterrupt:
         console.print("[red]interrupted; every party process was stopped[/]")
         return 130

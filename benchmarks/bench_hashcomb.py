@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mpc import wire
-from protocols.hashcomb import HashComb, aggregate_histograms
+from privacy.hashcomb_codec import HashComb, aggregate_histograms
 
 AIM_SPEEDUP = 1000.0
 
@@ -185,7 +185,7 @@ def fl_round_time(console: Console, owners: int = 5, rounds: int = 10, levels: i
     console.print(table)
 
     # the per-round Hash-Comb work for a 1M-parameter model (no training)
-    from protocols.hashcomb import HashComb, TokenHistogram
+    from privacy.hashcomb_codec import HashComb, TokenHistogram
     key, ctx = secrets.token_bytes(32), b"round-0"
     rng = np.random.default_rng(secrets.randbits(64))
     ups = [rng.normal(0, 0.05, big) for _ in range(owners)]

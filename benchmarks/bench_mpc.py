@@ -18,7 +18,7 @@ from rich.table import Table
 
 from mpc import additive, encoding, shamir
 from mpc.channel import InMemoryNetwork
-from mpc.crypten_glue import TwoParty, serve_dealer, share_of, tensor_from_shares
+from mpc.twopc import TwoParty, serve_dealer, share_of, tensor_from_shares
 
 
 def _best(fn, repeat: int = 3) -> float:

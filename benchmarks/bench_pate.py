@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from parties.ledger import BudgetLedger
-from protocols.pate import NoiseSource, PateAccountant, confident_gnmax_noise, gnmax_noise
+from privacy.pate import NoiseSource, PateAccountant, confident_gnmax_noise, gnmax_noise
 
 VOTES = [180, 40, 10, 5, 5, 4, 3, 2, 1, 0]
 

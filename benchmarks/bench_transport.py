@@ -159,12 +159,12 @@ def _random_share(batch: int, classes: int):
 
 
 def _argmax_local(share):
-    from mpc.crypten_glue import share_of, tensor_from_shares
+    from mpc.twopc import share_of, tensor_from_shares
     return share_of(tensor_from_shares(share).argmax(dim=-1, one_hot=True))
 
 
 async def _mqtt_worker(run_dir: Path, name: str, reps: int) -> dict:
-    from mpc.crypten_glue import TwoParty, serve_dealer
+    from mpc.twopc import TwoParty, serve_dealer
     from parties.identity import Deployment, PrivateKeys
     from parties.mqtt_channel import MqttChannel
     from parties.transcript import Transcript, transcript_path
@@ -226,7 +226,7 @@ def bench_argmax_mqtt(kind: str, reps: int) -> dict:
 # -- the 1x10 argmax: CrypTen over gloo ---------------------------------------------------
 
 def _gloo_worker(reps: int) -> dict:
-    # Only the torch import alias CrypTen 0.4.1 needs (see mpc/crypten_glue.py), not the
+    # Only the torch import alias CrypTen 0.4.1 needs (see mpc/twopc/shims.py), not the
     # glue itself: this baseline is CrypTen with its own communicator and provider.
     import importlib
 

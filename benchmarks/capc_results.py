@@ -3,7 +3,7 @@
 Run: python -m benchmarks.capc_results [--queries 200] [--qp-points 50]
 
 Every setting runs the CaPC protocol code in plaintext-simulation mode in one
-process (parties.simulate): the same messages and noise as the cryptographic
+process (protocols.runner): the same messages and noise as the cryptographic
 run, which gives the same labels for the same noise (tests/test_capc.py and
 tests/test_capc_e2e.py check that), but minutes instead of hours. 5 data
 parties: party 1 is the QP, 4 answer. Writes results/capc_<mechanism>.md and .png.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from parties.simulate import simulate
+from protocols.runner import run_session
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = [(d, split, het) for d in ("digits", "breast_cancer") for split in ("iid", "noniid")
@@ -35,8 +34,7 @@ def roles(parties: int) -> dict[str, str]:
 
 
 def run_one(params: dict, parties: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        res = asyncio.run(simulate("capc", roles(parties), params, Path(tmp)))
+    res = asyncio.run(run_session("capc", roles(parties), params))  # in-memory budget
     bad = {k: v for k, v in res.items() if isinstance(v, BaseException)}
     if bad:
         raise RuntimeError(f"simulation failed: {bad}")

@@ -24,7 +24,7 @@ import numpy as np
 from tenseal import sealapi as seal
 
 from he import rns
-from he.plan import Affine
+from he.layers import Affine
 
 if TYPE_CHECKING:
     from he.evaluate import _Ops

@@ -22,7 +22,7 @@ from tenseal import sealapi as seal
 from he import seal_io, single
 from he.errors import ContextMismatchError, HEError, SerializationError, ShapeError
 from he.keys import Keys, PublicContext
-from he.plan import _pow2
+from he.layers import pow2
 
 _VERSION = 2  # 2: shifted-copies single-query layout
 PACKINGS = ("batch", "single")
@@ -120,7 +120,7 @@ def encrypt(keys: PublicContext, x: torch.Tensor, packing: str = "auto") -> Encr
     batch, n = a.shape
     slots = keys.params.slots
     if packing == "auto":
-        packing = "single" if batch == 1 and keys.galois_keys is not None and _pow2(n) <= slots else "batch"
+        packing = "single" if batch == 1 and keys.galois_keys is not None and pow2(n) <= slots else "batch"
     if packing not in PACKINGS:
         raise HEError(f"packing must be 'auto', 'batch' or 'single', got {packing!r}")
     if packing == "batch" and batch > slots:
@@ -129,8 +129,8 @@ def encrypt(keys: PublicContext, x: torch.Tensor, packing: str = "auto") -> Encr
     if packing == "single":
         if batch != 1:
             raise ShapeError(f"single-query packing encrypts one query, got a batch of {batch}")
-        if _pow2(n) > slots:
-            raise ShapeError(f"input of {n} features needs {_pow2(n)} slots; these keys have {slots}")
+        if pow2(n) > slots:
+            raise ShapeError(f"input of {n} features needs {pow2(n)} slots; these keys have {slots}")
     rows = [a[:, i] for i in range(n)] if packing == "batch" else [single.layout(a[0], slots)]
     enc = EncryptedBatch(keys, packing, tuple(x.shape[1:]), batch, [])
     wire = []

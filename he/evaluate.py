@@ -9,6 +9,7 @@ share one scale, so SEAL's exact-scale checks on addition always pass.
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,7 +21,10 @@ from he.cipher import EncryptedBatch, EncryptedOutput
 from he.errors import ContextMismatchError, DepthError, HEError, ShapeError
 from he.keys import PublicContext
 from he.params import OUTPUT_PRIMES
-from he.plan import Activation, Affine, Plan
+
+if TYPE_CHECKING:
+    from he.plan import Plan
+from he.layers import Activation, Affine
 
 
 class _Ops:

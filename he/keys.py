@@ -9,7 +9,6 @@ steps that single-query packing needs: never the secret key.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,7 @@ from tenseal import sealapi as seal
 from he import params as P
 from he import seal_io
 from he.errors import HEError, MissingKeyError, SerializationError
+from mpc import randomness
 
 if TYPE_CHECKING:
     from he.plan import Plan
@@ -162,9 +162,7 @@ def keygen(plans: Plan | Iterable[Plan] | None = None, *, depth: int | None = No
         for every power-of-two step, which covers any plan that fits the slots.
     single_query: False makes no Galois keys at all (batch packing needs none).
     """
-    from he.plan import Plan  # local: plan imports keys for type checks
-
-    if isinstance(plans, Plan):
+    if hasattr(plans, "rotation_steps_for"):   # one plan (duck-typed: plan imports keys)
         plans = [plans]
     plans = list(plans or [])
     if not plans and depth is None:
@@ -191,4 +189,4 @@ def keygen(plans: Plan | Iterable[Plan] | None = None, *, depth: int | None = No
     if steps:
         gk = seal.GaloisKeys()
         kg.create_galois_keys(sorted({galois_elt(s, params.poly_degree) for s in steps}), gk)
-    return Keys(secrets.token_bytes(16), params, ctx, pk, rk, gk, steps, sk)
+    return Keys(randomness.token_bytes(16), params, ctx, pk, rk, gk, steps, sk)

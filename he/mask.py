@@ -9,27 +9,21 @@ values near 2**32 keep ~2**-20 absolute precision.
 
 from __future__ import annotations
 
-import secrets
-
 import numpy as np
 
 from he.params import HIDING_BITS, LOGIT_BITS
+from mpc import randomness
 
 MASK_RANGE = float(2 ** (LOGIT_BITS + HIDING_BITS))
 
 
-def os_rng() -> np.random.Generator:
-    """A numpy Generator seeded with 256 bits from the OS (never numpy's default seed)."""
-    return np.random.Generator(np.random.PCG64(secrets.randbits(256)))
-
-
 def uniform_mask(shape: tuple[int, ...]) -> np.ndarray:
-    return os_rng().uniform(-MASK_RANGE, MASK_RANGE, size=shape)
+    return randomness.generator().uniform(-MASK_RANGE, MASK_RANGE, size=shape)
 
 
 def gaussian_complex(n: int, std: float) -> list[complex]:
     """n complex Gaussians whose real part has std `std`; encoded as CKKS slots they
     give i.i.d. Gaussian polynomial coefficients (the canonical embedding is a
     scaled unitary map), i.e. coefficient-domain flooding noise."""
-    g = os_rng().normal(0.0, std, size=(2, n))
+    g = randomness.generator().normal(0.0, std, size=(2, n))
     return (g[0] + 1j * g[1]).tolist()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +24,9 @@ from torch import nn
 from he import params as P
 from he.activations import Poly
 from he.errors import DepthError, PlanMismatchError, ShapeError, UnsupportedLayerError
+from he.evaluate import evaluate
+from he.layers import Activation, Affine, pow2
+from he.single import first_layer
 
 if TYPE_CHECKING:
     from he.cipher import EncryptedBatch, EncryptedOutput
@@ -48,35 +50,6 @@ _INSTEAD = {
 _MAX_MATRIX = 40_000_000  # entries of one fused affine map (320 MB of float64)
 
 
-@dataclass(frozen=True)
-class Affine:
-    """y = W x + b on flattened features; one level."""
-    W: np.ndarray  # [m, n] float64
-    b: np.ndarray  # [m]
-    source: str    # layers fused into it, for messages
-
-    @property
-    def padded(self) -> tuple[int, int]:
-        return _pow2(self.W.shape[0]), _pow2(self.W.shape[1])
-
-    @property
-    def baby(self) -> int:
-        """Baby-step count of the baby-step giant-step diagonal product."""
-        k = min(self.padded)
-        return 1 << ((k.bit_length() - 1 + 1) // 2)
-
-
-@dataclass(frozen=True)
-class Activation:
-    """z = x * (x + beta); one level."""
-    beta: float
-    source: str
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 class Plan:
     """A compiled model: the answering party evaluates it on encrypted queries."""
 
@@ -97,7 +70,7 @@ class Plan:
     @property
     def single_slots(self) -> int:
         """CKKS slots single-query packing needs (largest padded layer width)."""
-        sizes = [_pow2(self.n_in)] + [max(s.padded) for s in self.steps if isinstance(s, Affine)]
+        sizes = [pow2(self.n_in)] + [max(s.padded) for s in self.steps if isinstance(s, Affine)]
         return max(sizes)
 
     @property
@@ -108,7 +81,6 @@ class Plan:
 
     def rotation_steps_for(self, slots: int) -> frozenset[int]:
         """Rotation steps single-query packing uses with `slots` CKKS slots."""
-        from he.single import first_layer  # local: single imports plan
 
         steps: set[int] = set()
         first = True
@@ -162,7 +134,6 @@ class Plan:
             coefficient domain under a fresh encryption, to hide the evaluation
             noise (circuit privacy); it adds that much error to the result.
         """
-        from he.evaluate import evaluate
         return evaluate(self, enc, mask=mask, flood=flood, context=context)
 
     def __repr__(self) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from he.errors import HEError
-from he.plan import Affine, _pow2
+from he.layers import Affine, pow2
 
 
 def shift(n_p: int, slots: int) -> int:
@@ -36,7 +36,7 @@ def shift(n_p: int, slots: int) -> int:
 
 def layout(v: np.ndarray, slots: int) -> np.ndarray:
     """The slot vector a querying party encrypts for input v (flattened)."""
-    n_p = _pow2(len(v))
+    n_p = pow2(len(v))
     if n_p > slots:
         raise HEError(f"input of {len(v)} features needs {n_p} slots, the key has {slots}")
     padded = np.zeros(n_p)

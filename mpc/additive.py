@@ -1,25 +1,18 @@
 """Additive n-of-n secret sharing over Z_2^64 (numpy uint64 arithmetic wraps mod 2^64).
 
 Any n-1 shares are uniformly random and independent of the secret; all n sum
-to it. Randomness comes from the OS (``secrets``), never from numpy's generators.
+to it. Randomness comes from the OS (:mod:`mpc.randomness`), never from numpy's generators.
 """
 
 from __future__ import annotations
 
-import secrets
-
 import numpy as np
+
+from . import randomness
 
 
 class SharingError(ValueError):
     """Bad arguments to a sharing or reconstruction."""
-
-
-def random_ring(shape: tuple[int, ...] | int) -> np.ndarray:
-    """Uniform uint64 array from the OS random source."""
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    return np.frombuffer(secrets.token_bytes(8 * count), dtype=np.uint64).reshape(shape).copy()
 
 
 def as_ring(array: np.ndarray) -> np.ndarray:
@@ -40,7 +33,7 @@ def share(array: np.ndarray, n: int) -> list[np.ndarray]:
     if not isinstance(n, int) or n < 2:
         raise SharingError(f"need at least 2 shares, got n={n!r}")
     a = as_ring(array)
-    parts = [random_ring(a.shape) for _ in range(n - 1)]
+    parts = [randomness.ring(a.shape) for _ in range(n - 1)]
     last = a.copy()
     for p in parts:
         last -= p

@@ -11,13 +11,12 @@ the transport records both parts in its envelope headers and transcripts.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from . import wire
+from . import randomness, wire
 
 
 class ChannelError(RuntimeError):
@@ -41,6 +40,10 @@ class PeerGone(ChannelError):
         self.peer = peer
 
 
+class RuleViolation(ChannelError):
+    """A message that the protocol's conformance rules do not allow."""
+
+
 def split_kind(kind: str) -> tuple[str, str]:
     """``"proto.step"`` -> ``("proto", "step")``; validates the form."""
     proto, sep, step = kind.partition(".")
@@ -49,12 +52,40 @@ def split_kind(kind: str) -> tuple[str, str]:
     return proto, step
 
 
+class Conformance:
+    """A protocol's conformance rules: which role may send which step to which role.
+
+    The Channel checks every send against them (so a role that breaks the protocol
+    fails at once, where it broke it) and every receive (so a peer's message
+    outside the rules is refused, never delivered); the audit checks them again.
+    """
+
+    def __init__(self, protocol: str, rules: Iterable[tuple[str, str, str]],
+                 roles: dict[str, str]):
+        self.protocol, self.rules, self.roles = protocol, frozenset(rules), dict(roles)
+
+    def violation(self, sender: str, recipient: str, kind: str) -> str | None:
+        """Why ``sender`` may not send ``kind`` to ``recipient``, or None if it may."""
+        try:
+            proto, step = split_kind(kind)
+        except ValueError as e:
+            return str(e)
+        if proto != self.protocol:
+            return f"'{kind}' is not a message of protocol '{self.protocol}'"
+        triple = (self.roles.get(sender, "?"), self.roles.get(recipient, "?"), step)
+        if triple not in self.rules:
+            return (f"protocol '{self.protocol}' does not let a '{triple[0]}' ({sender}) send "
+                    f"'{step}' to a '{triple[1]}' ({recipient})")
+        return None
+
+
 class Channel(ABC):
     """Async point-to-point messaging between named parties of one session."""
 
     me: str
     peers: tuple[str, ...]
     session: str
+    conformance: Conformance | None = None   # set by whoever runs the protocol
 
     @abstractmethod
     async def send(self, to: str, kind: str, payload: Any) -> None:
@@ -73,6 +104,14 @@ class Channel(ABC):
         if name not in self.peers:
             raise ChannelError(f"'{name}' is not a peer of '{self.me}' "
                                f"(peers: {', '.join(self.peers) or 'none'})")
+
+    def _check_send(self, to: str, kind: str) -> None:
+        """Refuse, before anything leaves, a message the protocol does not allow."""
+        self._check_peer(to)
+        split_kind(kind)
+        why = self.conformance.violation(self.me, to, kind) if self.conformance else None
+        if why:
+            raise RuleViolation(f"'{self.me}' may not send this message: {why}")
 
 
 class Mailbox:
@@ -130,8 +169,7 @@ class InMemoryChannel(Channel):
         self.sent_messages = 0
 
     async def send(self, to: str, kind: str, payload: Any) -> None:
-        self._check_peer(to)
-        split_kind(kind)
+        self._check_send(to, kind)
         if self.me in self.network.dead:
             raise ChannelError(f"party '{self.me}' has been stopped")
         data = wire.encode(payload)
@@ -153,7 +191,7 @@ class InMemoryNetwork:
         self.names = tuple(names)
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"party names must be unique: {self.names}")
-        self.session = session or secrets.token_hex(8)
+        self.session = session or randomness.token_bytes(8).hex()
         self.dead: set[str] = set()
         self.channels = {n: InMemoryChannel(self, n) for n in self.names}
 

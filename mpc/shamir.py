@@ -18,11 +18,12 @@ detected. Reconstruction from more than t shares cross-checks the extra ones.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from Crypto.Protocol.SecretSharing import Shamir as _Shamir
+
+from . import randomness
 
 BLOCK = 16
 MAX_SHARES = 255  # indices are one byte in the serialized form; plenty for a federation
@@ -121,7 +122,7 @@ def share(secret: int | bytes | Sequence[int], n: int, t: int) -> list[Share]:
     """Split ``secret`` into ``n`` shares, any ``t`` of which reconstruct it."""
     _check_params(n, t)
     kind, length, blocks = _to_blocks(secret)
-    tag = secrets.token_bytes(16)
+    tag = randomness.token_bytes(16)
     per_party: list[list[bytes]] = [[] for _ in range(n)]
     for block in blocks:
         if t == 1:  # a constant polynomial: every share is the block itself

@@ -20,11 +20,12 @@ it is meant for test recorders and fault injection, not for production.
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
+
+from mpc import randomness
 
 from .identity import TOPIC_PREFIX, Deployment, DeploymentError, mosquitto_password_hash
 
@@ -54,7 +55,7 @@ def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
 def new_admin_credentials(path: str | os.PathLike[str]) -> str:
     """Create an admin password, save ``{username, password}`` to ``path`` (mode
     0600, TOML) and return its Mosquitto hash for :func:`write_broker_config`."""
-    password = secrets.token_urlsafe(24)
+    password = randomness.token_urlsafe(24)
     _write_private(Path(path), tomli_w.dumps({"username": ADMIN_USER, "password": password}))
     return mosquitto_password_hash(password)
 

@@ -25,7 +25,6 @@ else for any input bytes whatsoever.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import astuple, dataclass
 
@@ -36,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from mpc import wire
+from mpc import randomness, wire
 
 from .identity import Deployment, DeploymentError, PrivateKeys
 
@@ -209,7 +208,7 @@ class Sealer:
         header = Header(VERSION, self.deployment.name, self.session, protocol, step, kind,
                         self.me, recipient, seq, time.time())
         header_bytes = header.to_bytes()
-        nonce = os.urandom(NONCE_BYTES)
+        nonce = randomness.token_bytes(NONCE_BYTES)
         ciphertext = self._send_keys[recipient].encrypt(nonce, bytes(payload), header_bytes)
         digest = body_digest(nonce, ciphertext)
         signature = self.keys.sign_key.sign(signed_message(header_bytes, digest))

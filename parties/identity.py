@@ -46,6 +46,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from mpc import randomness
+
 # Names end up in MQTT topics and file names: no '/', '+', '#', spaces or dots.
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Mosquitto's PBKDF2-SHA512 format, as written by mosquitto_passwd 2.x.
@@ -95,7 +97,7 @@ def mosquitto_password_hash(password: str, *, salt: bytes | None = None,
     """Hash a password in Mosquitto 2's ``$7$`` format (PBKDF2-SHA512), as
     ``mosquitto_passwd`` does, so a password file can be written from the
     deployment without knowing any password."""
-    salt = secrets.token_bytes(12) if salt is None else salt
+    salt = randomness.token_bytes(12) if salt is None else salt
     digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations)
     return f"$7${iterations}${_b64(salt)}${_b64(digest)}"
 
@@ -335,7 +337,7 @@ class PrivateKeys:
     def generate(cls, name: str) -> PrivateKeys:
         check_name(name, "party name")
         return cls(name, Ed25519PrivateKey.generate(), X25519PrivateKey.generate(),
-                   secrets.token_urlsafe(24))
+                   randomness.token_urlsafe(24))
 
     @property
     def sign_pub(self) -> bytes:
@@ -419,7 +421,7 @@ def new_local_deployment(run_dir: str | os.PathLike[str], parties: list[tuple[st
     key_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(key_dir, 0o700)
     cards = [keygen(pname, role, key_dir / f"{pname}.key") for pname, role in parties]
-    doc = {"deployment": {"name": name or f"local-{secrets.token_hex(4)}",
+    doc = {"deployment": {"name": name or f"local-{randomness.token_bytes(4).hex()}",
                           "broker_url": broker_url, "max_message_bytes": max_message_bytes},
            "party": [c.to_toml() for c in cards]}
     deployment = Deployment.from_dict(doc, base_dir=run_dir, source=str(run_dir / "deployment.toml"))

@@ -13,11 +13,8 @@ fsynced before the call returns.  A small side file ``<ledger>.head`` holds
 the last sequence number and digest, so that cutting whole lines off the end
 is noticed too.
 
-Accounting is data-independent and worst case: a granted Confident-GNMax
-query is charged as if it answered until :meth:`BudgetLedger.settle` says it
-did not.  A query is refused (a normal :class:`Decision` with
-``granted=False``, not an exception) when its worst-case cost would push
-epsilon past the budget.
+The policy (what is charged, what is refused) is :class:`privacy.budget.PrivacyBudget`;
+this module only makes each of its entries durable before the decision is used.
 
 Loading replays the chain into a fresh accountant.  Any damage (unparsable
 line, broken chain, edited entry, missing or disagreeing head file, partial
@@ -33,24 +30,18 @@ import fcntl
 import hashlib
 import hmac
 import json
-import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
-from protocols.pate import (
-    DEFAULT_ORDERS,
-    Conversion,
-    PateAccountant,
-    epsilon_from_rdp,
-    gnmax_rdp_data_independent,
-    threshold_rdp_data_independent,
-)
+from privacy.budget import BadEntry, BudgetError, Decision, PrivacyBudget
+from privacy.pate import DEFAULT_ORDERS, Conversion, PateAccountant
+
+__all__ = ["BudgetLedger", "Decision", "LedgerCorrupted", "LedgerError", "LedgerExists",
+           "LedgerLocked", "LedgerNotFound", "LedgerTruncated", "LedgerUsageError"]
 
 FORMAT_VERSION = 1
 _GENESIS = "0" * 64
@@ -80,24 +71,8 @@ class LedgerLocked(LedgerError):
     """Another process (or handle) has the ledger open."""
 
 
-class LedgerUsageError(LedgerError):
+class LedgerUsageError(LedgerError, BudgetError):
     """The ledger was asked to do something invalid (e.g. settle twice)."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The guardian's answer to 'may I answer this query?'.
-
-    ``epsilon_spent`` is the worst-case epsilon before the query and
-    ``epsilon_if_granted`` after it; ``seq`` is the charge entry to settle.
-    """
-
-    granted: bool
-    seq: int | None
-    epsilon_spent: float
-    epsilon_if_granted: float
-    budget: float
-    reason: str
 
 
 def head_path(path: str | os.PathLike[str]) -> Path:
@@ -105,25 +80,20 @@ def head_path(path: str | os.PathLike[str]) -> Path:
     return Path(f"{os.fspath(path)}.head")
 
 
-class BudgetLedger:
-    """Open with :meth:`create` or :meth:`open`; use as a context manager."""
+class BudgetLedger(PrivacyBudget):
+    """A :class:`PrivacyBudget` whose every entry is on disk before it takes effect.
+
+    Open with :meth:`create` or :meth:`open`; use as a context manager.
+    """
 
     def __init__(self, *, _path: Path, _fd: int, _key: bytes | None,
-                 _header: dict[str, Any], _last_seq: int, _last_hash: str) -> None:
+                 _header: dict[str, Any], _last_hash: str) -> None:
+        super().__init__(float(_header["epsilon_budget"]), float(_header["delta"]),
+                         _header["conversion"], _header["orders"])
         self.path = _path
         self._fd: int | None = _fd
         self._key = _key
-        self.epsilon_budget = float(_header["epsilon_budget"])
-        self.delta = float(_header["delta"])
-        self.conversion: Conversion = _header["conversion"]
-        self._orders = np.asarray(_header["orders"], dtype=np.float64)
-        self._acc = PateAccountant(self._orders)        # settled costs
-        # unsettled Confident-GNMax charges: seq -> ((sigma_1, sigma_2), worst-case rdp)
-        self._pending: dict[int, tuple[tuple[float, float], NDArray[np.float64]]] = {}
-        self._pending_sum = np.zeros_like(self._orders)
-        self._last_seq = _last_seq
         self._last_hash = _last_hash
-        self.refusals = 0
 
     # ------------------------------------------------------------ lifecycle
     @classmethod
@@ -135,17 +105,14 @@ class BudgetLedger:
         if path.exists() or head_path(path).exists():
             raise LedgerExists(f"{path} (or its .head file) already exists; open it with "
                                "BudgetLedger.open, or move it away deliberately")
-        if not (math.isfinite(epsilon_budget) and epsilon_budget > 0):
-            raise LedgerUsageError(f"epsilon_budget must be positive, got {epsilon_budget!r}")
-        if not 0 < delta < 1:
-            raise LedgerUsageError(f"delta must be in (0, 1), got {delta!r}")
-        if conversion not in ("classic", "improved"):
-            raise LedgerUsageError(f"conversion must be 'classic' or 'improved', got {conversion!r}")
-        grid = PateAccountant(orders).orders  # validates
+        try:
+            policy = PrivacyBudget(epsilon_budget, delta, conversion, orders)  # validates
+        except (BudgetError, ValueError) as exc:
+            raise LedgerUsageError(str(exc)) from None
         header = {"type": "header", "version": FORMAT_VERSION, "seq": 0, "prev": _GENESIS,
-                  "time": time.time(), "epsilon_budget": float(epsilon_budget),
-                  "delta": float(delta), "conversion": conversion,
-                  "orders": grid.tolist(), "auth": _auth_name(key)}
+                  "time": time.time(), "epsilon_budget": policy.epsilon_budget,
+                  "delta": policy.delta, "conversion": conversion,
+                  "orders": policy.accountant.orders.tolist(), "auth": _auth_name(key)}
         line, digest = _seal(header, key)
         # Build under a temporary name and rename last, so a crash leaves
         # either no ledger or a complete one with its head.
@@ -179,11 +146,14 @@ class BudgetLedger:
             entries, digests = _read_chain(fd, path, key)
             try:
                 ledger = cls(_path=path, _fd=fd, _key=key, _header=entries[0],
-                             _last_seq=len(entries) - 1, _last_hash=digests[-1])
+                             _last_hash=digests[-1])
             except (KeyError, TypeError, ValueError) as exc:
                 raise LedgerCorrupted(f"{path}: the header is malformed ({exc!r})") from None
-            for entry in entries[1:]:
-                ledger._apply(entry)
+            try:
+                for entry in entries[1:]:
+                    ledger.apply(entry)
+            except BadEntry as exc:
+                raise LedgerCorrupted(f"{path}: {exc}") from None
             ledger._check_head(digests)
         except BaseException:
             os.close(fd)
@@ -201,77 +171,25 @@ class BudgetLedger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------ queries
-    def request_gnmax(self, sigma: float, query_id: str = "") -> Decision:
-        """Ask to answer one GNMax query (always answers)."""
-        cost = gnmax_rdp_data_independent(sigma, self._orders)
-        return self._request(cost, {"mechanism": "gnmax", "sigma": float(sigma)}, query_id)
-
-    def request_confident_gnmax(self, sigma_threshold: float, sigma_gnmax: float,
-                                query_id: str = "") -> Decision:
-        """Ask to answer one Confident-GNMax query; charged as if it answers
-        until :meth:`settle` records the outcome."""
-        cost = (threshold_rdp_data_independent(sigma_threshold, self._orders)
-                + gnmax_rdp_data_independent(sigma_gnmax, self._orders))
-        return self._request(cost, {"mechanism": "confident_gnmax",
-                                    "sigma_threshold": float(sigma_threshold),
-                                    "sigma_gnmax": float(sigma_gnmax)}, query_id)
-
     def settle(self, seq: int, answered: bool) -> None:
-        """Record whether the Confident-GNMax query charged at ``seq``
-        answered; if it abstained its GNMax step is no longer charged."""
-        if seq not in self._pending:
-            raise LedgerUsageError(f"entry {seq} is not an unsettled Confident-GNMax charge "
-                                   f"(unsettled: {sorted(self._pending)})")
-        self._append({"type": "settle", "charge": int(seq), "answered": bool(answered)})
-
-    # ------------------------------------------------------------ reading
-    def epsilon_spent(self, conversion: Conversion | None = None) -> float:
-        """Worst-case data-independent epsilon spent, unsettled queries
-        counted as answered."""
-        return self._eps(self._worst_rdp(), conversion)
+        try:
+            super().settle(seq, answered)
+        except LedgerError:
+            raise
+        except BudgetError as exc:
+            raise LedgerUsageError(str(exc)) from None
 
     @property
     def accountant(self) -> PateAccountant:
         """A copy of the accountant of settled queries (excludes unsettled)."""
-        return self._acc.copy()
+        return super().accountant
 
-    @property
-    def unsettled(self) -> list[int]:
-        return sorted(self._pending)
-
-    @property
-    def entries(self) -> int:
-        """Number of lines in the ledger, header included."""
-        return self._last_seq + 1
-
-    # ------------------------------------------------------------ internals
-    def _worst_rdp(self) -> NDArray[np.float64]:
-        return self._acc.rdp + self._pending_sum
-
-    def _eps(self, rdp: NDArray[np.float64], conversion: Conversion | None = None) -> float:
-        return epsilon_from_rdp(self._orders, rdp, self.delta, conversion or self.conversion)[0]
-
-    def _request(self, cost: NDArray[np.float64], params: dict[str, Any],
-                 query_id: str) -> Decision:
-        worst = self._worst_rdp()
-        before, after = self._eps(worst), self._eps(worst + cost)
-        if after > self.epsilon_budget:
-            self._append({"type": "refused", "query_id": str(query_id), **params,
-                          "epsilon_if_granted": after})
-            return Decision(False, None, before, after, self.epsilon_budget,
-                            f"worst-case epsilon would reach {after:.4g} > budget "
-                            f"{self.epsilon_budget:g}")
-        # epsilon_if_granted is for human auditors; replay recomputes it.
-        seq = self._append({"type": "charge", "query_id": str(query_id), **params,
-                            "epsilon_if_granted": after})
-        return Decision(True, seq, before, after, self.epsilon_budget, "within budget")
-
-    def _append(self, body: dict[str, Any]) -> int:
+    # ------------------------------------------------------------ persistence
+    def _record(self, body: dict[str, Any]) -> int:
         if self._fd is None:
             raise LedgerUsageError("the ledger is closed")
         entry = {"seq": self._last_seq + 1, "prev": self._last_hash, "time": time.time(), **body}
-        self._apply(entry)  # validates and updates state before anything is written
+        self.apply(entry)  # validates and updates state before anything is written
         line, digest = _seal(entry, self._key)
         try:
             _write_all(self._fd, line)
@@ -282,38 +200,9 @@ class BudgetLedger:
             raise LedgerError(f"could not write {self.path} ({exc}); the ledger is closed. "
                               "Reopen it (a partial last line is reported as truncation "
                               "and needs manual repair)") from exc
-        self._last_seq, self._last_hash = entry["seq"], digest
-        _write_head(self.path, self._last_seq, digest)
-        return self._last_seq
-
-    def _apply(self, e: dict[str, Any]) -> None:
-        """Replay one entry into the in-memory state (shared by load and append)."""
-        kind = e.get("type")
-        try:
-            if kind == "charge" and e["mechanism"] == "gnmax":
-                self._acc.add_gnmax(None, e["sigma"])
-            elif kind == "charge" and e["mechanism"] == "confident_gnmax":
-                sigmas = (e["sigma_threshold"], e["sigma_gnmax"])
-                cost = (threshold_rdp_data_independent(sigmas[0], self._orders)
-                        + gnmax_rdp_data_independent(sigmas[1], self._orders))
-                self._pending[e["seq"]] = (sigmas, cost)
-                self._pending_sum = self._pending_sum + cost
-            elif kind == "settle":
-                if not isinstance(e["answered"], bool):
-                    raise TypeError("answered must be a boolean")
-                (sigma_t, sigma_g), _ = self._pending.pop(e["charge"])
-                # Recompute rather than subtract, so no rounding drift builds up.
-                self._pending_sum = np.zeros_like(self._orders)
-                for _, cost in self._pending.values():
-                    self._pending_sum = self._pending_sum + cost
-                self._acc.add_confident_gnmax(None, 0.0, sigma_t, sigma_g,
-                                              answered=e["answered"])
-            elif kind == "refused":
-                self.refusals += 1
-            else:
-                raise LedgerCorrupted(f"{self.path}: entry {e.get('seq')} has unknown type {kind!r}")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise LedgerCorrupted(f"{self.path}: entry {e.get('seq')} is malformed ({exc!r})") from None
+        self._last_hash = digest
+        _write_head(self.path, entry["seq"], digest)
+        return entry["seq"]
 
     def _check_head(self, digests: list[str]) -> None:
         hp = head_path(self.path)
@@ -337,7 +226,6 @@ class BudgetLedger:
         elif seq != last:
             raise LedgerCorrupted(f"{hp} records entry {seq} but {self.path} has {last}: "
                                   "entries were appended behind the guardian's back")
-
 
 # ---------------------------------------------------------------- file helpers
 

@@ -140,7 +140,7 @@ class MqttChannel(Channel):
 
     # -- Channel API -------------------------------------------------------------
     async def send(self, to: str, kind: str, payload: Any) -> None:
-        self._check_peer(to)
+        self._check_send(to, kind)
         protocol, step = split_kind(kind)
         await self._send_envelope(to, protocol, step, wire.encode(payload))
 
@@ -274,15 +274,23 @@ class MqttChannel(Channel):
                                    digest=None, signature=None, reason=e.reason)
             return
         h = opened.header
-        self.transcript.record("received", h, size=opened.size, digest=opened.digest,
-                               signature=opened.signature)
+        why = (self.conformance.violation(h.sender, self.me, f"{h.protocol}.{h.step}")
+               if self.conformance and h.kind == "msg" else None)
+        if why:  # authentic, but the protocol does not allow it: never delivered
+            self.rejected += 1
+            log.warning("%s: rejected a message from %s (%s)", self.me, h.sender, why)
+            self.transcript.record("rejected", h, size=opened.size, digest=opened.digest,
+                                   signature=opened.signature, reason="conformance")
+        else:
+            self.transcript.record("received", h, size=opened.size, digest=opened.digest,
+                                   signature=opened.signature)
         self._received[h.sender] = self._received.get(h.sender, 0) + 1
         early = self._early[h.sender]
         early.add(h.seq)
         while self._have[h.sender] in early:
             early.discard(self._have[h.sender])
             self._have[h.sender] += 1
-        if h.kind == "msg":
+        if h.kind == "msg" and not why:
             self.mailbox.put(h.sender, f"{h.protocol}.{h.step}", opened.payload)
         pending = self._pending_gone.get(h.sender)
         if pending is not None and self._received[h.sender] >= pending:

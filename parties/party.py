@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mpc import wire
-from mpc.channel import ChannelError
+from mpc.channel import ChannelError, Conformance
 
 from .identity import Deployment, DeploymentError, PrivateKeys
 from .mqtt_channel import MqttChannel
@@ -74,6 +74,7 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
 
     name = keys.name
     roles = {n: p.role for n, p in deployment.parties.items()}
+    module = protocols.load(protocol)
     role_fn = protocols.role_function(protocol, roles[name])
     state = load_state(workdir, name)
 
@@ -86,20 +87,21 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
     transcript = Transcript(transcript_path(workdir, name), name, keys.sign_key)
     try:
         channel = MqttChannel(deployment, keys, session, transcript)
+        channel.conformance = Conformance(module.NAME, module.RULES, roles)
         await channel.start()
         try:
             await channel.wait_for_peers(peer_timeout)
             progress("all peers online")
             with contextlib.ExitStack() as stack:
-                resources = open_resources(protocols.load(protocol), roles[name], name, workdir,
-                                           params, stack, ledger_path)
+                resources = open_resources(module, roles[name], name, workdir, params, stack,
+                                           ledger_path)
                 result = await role_fn(RoleContext(channel, roles, params, state, progress,
                                                    resources))
             record.update(ok=True, result=result.public)
             if result.private:
                 save_state(workdir, name, {**state, **result.private})
         except Exception as e:  # reported by name in results, and the exit code
-            record.update(ok=False, error=f"{type(e).__name__}: {e}")
+            record.update(ok=False, error=f"{type(e).__name__}: {e}", fault=fault_of(e))
         finally:
             record["transport"] = {"sent_messages": channel.sent_messages,
                                    "sent_bytes": channel.sent_bytes, "rejected": channel.rejected}
@@ -109,6 +111,18 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
     record["seconds"] = round(time.monotonic() - started, 3)
     _write_json(workdir / "results" / f"{name}.json", record)
     return record
+
+
+def fault_of(error: Exception) -> str:
+    """Whose fault a failure is: 'local' (this party's user input), 'peer:NAME', or 'internal'."""
+    from protocols import ParameterError, PeerMisbehaved
+
+    peer = getattr(error, "peer", None)
+    if isinstance(error, PeerMisbehaved | ChannelError) and peer:
+        return f"peer:{peer}"
+    if isinstance(error, ParameterError):
+        return "local"
+    return "internal"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +140,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                          "(default: WORKDIR/ledger/NAME.jsonl)")
     parser.add_argument("--peer-timeout", type=float, default=60.0,
                         help="seconds to wait for every peer to come online")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch threads for this process (default 1: parties share cores)")
     parser.add_argument("--log-level", default="WARNING")
 
 
@@ -145,10 +161,17 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(params, dict):
             raise ValueError("parameters must be a JSON object")
         protocols.role_function(args.protocol, deployment.role_of(args.name))
+        protocols.check_params(args.protocol, params)   # bad parameters fail before connecting
+    except json.JSONDecodeError as e:
+        print(f"confidant party: --params is not valid JSON ({e}); pass a JSON object, "
+              "e.g. '{\"queries\": 100}', or @FILE", file=sys.stderr)
+        return EXIT_USAGE
     except (DeploymentError, ValueError, OSError, protocols.ProtocolError) as e:
         print(f"confidant party: {e}", file=sys.stderr)
         return EXIT_USAGE
     workdir = Path(args.workdir) if args.workdir else Path(args.deployment).resolve().parent
+    import torch  # the runner owns process-wide state; protocols never set it
+    torch.set_num_threads(max(1, args.torch_threads))
     try:
         record = asyncio.run(run_party(deployment, keys, args.protocol, args.session, params,
                                        workdir, args.peer_timeout,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from protocols.pate import (
+from privacy.pate import (
     DEFAULT_ORDERS,
     PateError,
     epsilon_curve,

@@ -1,7 +1,7 @@
-"""Objects a protocol role needs that live in files, which only parties/ may touch.
+"""Resources that live in files, which only parties/ may touch: opened here and
+handed to a role as typed :class:`protocols.Resources`.
 
-A protocol declares them in ``RESOURCES = {role: (name, ...)}``; the party
-runner opens them here and hands them in ``RoleContext.resources``.
+A protocol declares what each role needs in ``RESOURCES = {role: ("budget", ...)}``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,11 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from protocols import Resources
+from protocols.runner import declared
 
-def open_ledger(path: Path, params: dict[str, Any]):
+
+def open_ledger(path: Path, epsilon_budget: float, delta: float):
     """The privacy guardian's ledger: opened if it exists (its budget stands),
     created with the run's ``epsilon_budget`` and ``delta`` otherwise."""
     from .ledger import BudgetLedger, LedgerNotFound  # scipy: only for the guardian
@@ -20,20 +23,17 @@ def open_ledger(path: Path, params: dict[str, Any]):
         return BudgetLedger.open(path)
     except LedgerNotFound:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return BudgetLedger.create(path, epsilon_budget=float(params.get("epsilon_budget", 10.0)),
-                                   delta=float(params.get("delta", 1e-5)))
+        return BudgetLedger.create(path, epsilon_budget=epsilon_budget, delta=delta)
 
 
 def open_resources(protocol_module: Any, role: str, name: str, workdir: Path,
                    params: dict[str, Any], stack: contextlib.ExitStack,
-                   ledger_path: Path | None = None) -> dict[str, Any]:
-    wanted = getattr(protocol_module, "RESOURCES", {}).get(role, ())
-    params = {**getattr(protocol_module, "DEFAULTS", {}), **params}  # the protocol's defaults
-    resources: dict[str, Any] = {}
-    for kind in wanted:
-        if kind == "ledger":
-            path = ledger_path or workdir / "ledger" / f"{name}.jsonl"
-            resources["ledger"] = stack.enter_context(open_ledger(path, params))
-        else:
-            raise ValueError(f"unknown resource {kind!r} requested by the protocol")
+                   ledger_path: Path | None = None) -> Resources:
+    """Open what ``role`` of ``protocol_module`` declares; ``stack`` closes it."""
+    resources = Resources()
+    if "budget" in declared(protocol_module, role):
+        typed = protocol_module.Params.from_dict(params)
+        path = ledger_path or workdir / "ledger" / f"{name}.jsonl"
+        resources.budget = stack.enter_context(open_ledger(path, typed.epsilon_budget,
+                                                           typed.delta))
     return resources

@@ -8,9 +8,9 @@ own, taking no other part). Per batch of the QP's unlabelled queries:
    ciphertexts (and, once, its public context) to every AP.
 2. Each AP evaluates its own model on them with masking; QP decrypts
    f_i(x) - r_i, the AP keeps r_i: additive shares of AP i's logits.
-3. QP and each AP run a 2PC argmax (CrypTen, :mod:`mpc.crypten_glue`): each
+3. QP and each AP run a 2PC argmax (CrypTen, :mod:`mpc.twopc`): each
    gets a share of AP i's one-hot vote; nobody learns the vote.
-4. Each AP sends its vote share to PG. PG sums them, asks its budget ledger to
+4. Each AP sends its vote share to PG. PG sums them, asks its privacy budget to
    charge each query's worst-case (data-independent) cost, and tells QP which
    queries it will answer and whose votes count; a query the budget cannot
    afford is refused. PG adds Gaussian noise (GNMax, or Confident-GNMax with a
@@ -31,16 +31,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from learning.datasets import SPLITS, TABLES, PartyData, party_data
+from learning.models import ARCHITECTURES, DEFAULT_ARCH, build_model
+from learning.training import accuracy, train
 from mpc import additive, encoding
 from mpc.channel import Channel, ChannelError
+from privacy import pate
 
-from . import ProtocolError, RoleContext, RoleResult, pate
-from .models import ARCHITECTURES, DEFAULT_ARCH, accuracy, build_model, party_data, train
+from .context import RoleContext, RoleResult
+from .errors import ParameterError, PeerMisbehaved
+from .params import Params
 
 NAME = "capc"
 RULES = {
@@ -58,33 +64,66 @@ RULES = {
     # plaintext simulation mode only (no cryptography):
     ("qp", "ap", "plain"), ("ap", "qp", "plain"), ("qp", "pg", "plain"), ("pg", "qp", "plain"),
 }
-RESOURCES = {"pg": ("ledger",)}      # the party runner hands the PG its budget ledger
-
-DEFAULTS: dict[str, Any] = {
-    "dataset": "digits", "split": "iid", "seed": 0, "queries": 100, "batch_size": 50,
-    "mode": "crypto", "heterogeneous": False, "epochs": 60,
-    "sigma_gnmax": 1.0, "sigma_threshold": 2.0, "threshold": None,
-    "epsilon_budget": 1e6, "delta": 1e-5, "noise_seed": None, "flood": None,
-    "timeout": 600.0,
-    "qp_points": None,   # keep only this many of the QP's own labelled points (a data-poor QP)
-}
+RESOURCES = {"pg": ("budget",)}   # the runner hands the PG its privacy budget
 
 
-def settings(params: dict) -> dict:
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise ProtocolError(f"unknown CaPC parameters {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    s = {**DEFAULTS, **params}
-    if s["mode"] not in ("crypto", "plaintext"):
-        raise ProtocolError(f"mode must be 'crypto' or 'plaintext', got {s['mode']!r}")
-    if int(s["queries"]) < 1 or int(s["batch_size"]) < 1:
-        raise ProtocolError("queries and batch_size must be positive")
-    return s
+@dataclass(frozen=True)
+class CapcParams(Params):
+    """The public parameters of a CaPC session; every party runs with the same ones."""
+
+    PROTOCOL = NAME
+    dataset: str = "digits"
+    split: str = "iid"
+    seed: int = 0
+    queries: int = 100
+    batch_size: int = 50
+    mode: str = "crypto"            # or "plaintext": the same messages without cryptography
+    heterogeneous: bool = False
+    epochs: int = 60
+    sigma_gnmax: float = 1.0
+    sigma_threshold: float = 2.0
+    threshold: float | None = None  # None: GNMax; a number: Confident-GNMax
+    epsilon_budget: float = 1e6
+    delta: float = 1e-5
+    noise_seed: int | None = None   # INSECURE fixed noise, for simulations only
+    flood: float | None = None      # std of CKKS noise flooding on the AP's answers
+    timeout: float = 600.0
+    qp_points: int | None = None    # keep only this many of the QP's own labelled points
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.mode not in ("crypto", "plaintext"):
+            problems.append(f"mode must be 'crypto' or 'plaintext', got {self.mode!r}")
+        if self.dataset not in TABLES:
+            problems.append(f"dataset must be one of {', '.join(TABLES)}, got {self.dataset!r}")
+        if self.split not in SPLITS:
+            problems.append(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        for name in ("queries", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("sigma_gnmax", "sigma_threshold", "epsilon_budget", "timeout"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.delta < 1:
+            problems.append(f"delta must be in (0, 1), got {self.delta}")
+        if self.qp_points is not None and self.qp_points < 2:
+            problems.append(f"qp_points must be at least 2 (or null for all), got {self.qp_points}")
+        if self.noise_seed is not None and self.noise_seed < 0:
+            problems.append(f"noise_seed must be >= 0 (or null for OS noise), got {self.noise_seed}")
+        if self.flood is not None and self.flood < 0:
+            problems.append(f"flood must be >= 0 (or null for none), got {self.flood}")
+        return problems
+
+    def batches(self) -> list[range]:
+        q, b = self.queries, self.batch_size
+        return [range(i, min(i + b, q)) for i in range(0, q, b)]
+
+    @property
+    def crypto(self) -> bool:
+        return self.mode == "crypto"
 
 
-def batches(s: dict) -> list[range]:
-    q, b = int(s["queries"]), int(s["batch_size"])
-    return [range(i, min(i + b, q)) for i in range(0, q, b)]
+Params = CapcParams
 
 
 def data_parties(ctx: RoleContext) -> list[str]:
@@ -92,34 +131,38 @@ def data_parties(ctx: RoleContext) -> list[str]:
     return sorted(ctx.with_role("qp") + ctx.with_role("ap"))
 
 
-def architecture(ctx: RoleContext, s: dict, name: str) -> str:
-    if not s["heterogeneous"]:
+def architecture(ctx: RoleContext, p: CapcParams, name: str) -> str:
+    if not p.heterogeneous:
         return DEFAULT_ARCH
     archs = sorted(ARCHITECTURES)
     return archs[data_parties(ctx).index(name) % len(archs)]
 
 
-def noise_source(s: dict) -> pate.NoiseSource:
-    seed = s["noise_seed"]
-    return pate.NoiseSource.secure() if seed is None else pate.NoiseSource.for_simulation(int(seed))
+def my_data(ctx: RoleContext, p: CapcParams) -> PartyData:
+    try:
+        return party_data(p.dataset, data_parties(ctx), ctx.me, split=p.split,
+                          queries=p.queries, seed=p.seed)
+    except ValueError as e:
+        raise ParameterError(f"capc: {e}") from None
 
 
-def _train_own(ctx: RoleContext, s: dict, x: torch.Tensor, y: torch.Tensor,
-               num_classes: int) -> torch.nn.Sequential:
+def train_own(ctx: RoleContext, p: CapcParams, x: torch.Tensor, y: torch.Tensor,
+              num_classes: int) -> torch.nn.Sequential:
     """This party's architecture, trained from scratch on (x, y) with its own seed."""
-    seed = s["seed"] * 1000 + data_parties(ctx).index(ctx.me)
-    model = build_model(architecture(ctx, s, ctx.me), x.shape[1], num_classes, seed=seed)
-    return train(model, x, y, epochs=int(s["epochs"]), seed=seed)
+    seed = p.seed * 1000 + data_parties(ctx).index(ctx.me)
+    model = build_model(architecture(ctx, p, ctx.me), x.shape[1], num_classes, seed=seed)
+    return train(model, x, y, epochs=p.epochs, lr=0.01, weight_decay=1e-4, seed=seed)
+
+
+def noise_source(p: CapcParams) -> pate.NoiseSource:
+    if p.noise_seed is None:
+        return pate.NoiseSource.secure()
+    return pate.NoiseSource.for_simulation(p.noise_seed)
 
 
 # --- the two secure computations, and their plaintext stand-ins -----------------------
-def _argmax_local(share: np.ndarray) -> np.ndarray:
-    from mpc.crypten_glue import share_of, tensor_from_shares
-    return share_of(tensor_from_shares(share).argmax(dim=-1, one_hot=True))
-
-
 def _final_local(s_threshold: np.ndarray, s_argmax: np.ndarray, threshold: float | None):
-    from mpc.crypten_glue import share_of, tensor_from_shares
+    from mpc.twopc import share_of, tensor_from_shares
     onehot = tensor_from_shares(s_argmax).argmax(dim=-1, one_hot=True)
     if threshold is None:
         return share_of(onehot), None
@@ -128,10 +171,28 @@ def _final_local(s_threshold: np.ndarray, s_argmax: np.ndarray, threshold: float
     return share_of(onehot * confident.unsqueeze(-1)), share_of(confident)
 
 
-async def _two_pc(ch: Channel, peer: str, dealer: str, s: dict, tag: str, fn, *args):
-    from mpc.crypten_glue import TwoParty
-    async with TwoParty(ch, peer, dealer, prefix=NAME, timeout=s["timeout"], tag=tag) as tp:
+async def _two_pc(ch: Channel, peer: str, dealer: str, p: CapcParams, tag: str, fn, *args):
+    from mpc.twopc import TwoParty
+    async with TwoParty(ch, peer, dealer, prefix=NAME, timeout=p.timeout, tag=tag) as tp:
         return await tp.run(fn, *args)
+
+
+async def _argmax(ch: Channel, peer: str, dealer: str, p: CapcParams, tag: str,
+                  share: np.ndarray) -> np.ndarray:
+    """Step 3 between the QP and one AP: shares of the AP's one-hot vote."""
+    if p.crypto:
+        from mpc.twopc import onehot_argmax_share
+        return await _two_pc(ch, peer, dealer, p, tag, onehot_argmax_share, share)
+    return (await _plain_two_pc(ch, peer, _plain_argmax, share))[0]
+
+
+async def _final(ch: Channel, peer: str, dealer: str, p: CapcParams, tag: str,
+                 s_threshold: np.ndarray, s_argmax: np.ndarray) -> tuple:
+    """Step 5 between the QP and the PG: shares of the label (and of 'confident')."""
+    if p.crypto:
+        return await _two_pc(ch, peer, dealer, p, tag, _final_local, s_threshold, s_argmax,
+                             p.threshold)
+    return await _plain_two_pc(ch, peer, _plain_final(p.threshold), s_threshold, s_argmax)
 
 
 async def _plain_two_pc(ch: Channel, peer: str, compute, *shares: np.ndarray):
@@ -172,169 +233,199 @@ def _plain_final(threshold: float | None):
 
 
 # --- roles ------------------------------------------------------------------------------
-async def querying_party(ctx: RoleContext) -> RoleResult:
-    s = settings(ctx.params)
-    ch, crypto = ctx.channel, s["mode"] == "crypto"
-    aps, pg, dealer = ctx.with_role("ap"), ctx.one_with_role("pg"), ctx.one_with_role("dealer")
-    if not aps:
-        raise ProtocolError("CaPC needs at least one answering party")
-    data = party_data(s["dataset"], data_parties(ctx), ctx.me, split=s["split"],
-                      queries=int(s["queries"]), seed=int(s["seed"]))
-    if s["qp_points"]:
-        data.x, data.y = data.x[:int(s["qp_points"])], data.y[:int(s["qp_points"])]
-    # CPU-heavy steps run in a worker thread so the event loop keeps the transport alive
-    model = await asyncio.to_thread(_train_own, ctx, s, data.x, data.y, data.num_classes)
-    acc_before = accuracy(model, data.x_test, data.y_test)
-    ctx.progress(f"own model: test accuracy {acc_before:.3f} on {len(data.x)} private points")
-    # inference: encrypt, AP evaluation, transport, decrypt; then the 2PCs; retraining apart
-    timing = dict.fromkeys(("keygen", "inference", "argmax_2pc", "pg_and_final_2pc", "retrain"), 0.0)
+@dataclass
+class _Querier:
+    """The querying party's state across batches; one method per step of a batch."""
 
-    keys = public = None
-    if crypto:
+    ctx: RoleContext
+    p: CapcParams
+    data: PartyData
+    aps: list[str]
+    pg: str
+    dealer: str
+    keys: Any = None
+    public: Any = None
+    live_aps: list[str] = field(default_factory=list)
+    labels: dict[int, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("answered", "refused", "abstained"), 0))
+    timing: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("keygen", "inference", "argmax_2pc", "pg_and_final_2pc", "retrain"), 0.0))
+
+    @property
+    def ch(self) -> Channel:
+        return self.ctx.channel
+
+    async def keygen(self) -> None:
+        """A CKKS key deep enough for every AP's model (crypto mode)."""
         import he
-        depths = {ap: await ch.recv(ap, f"{NAME}.depth", s["timeout"]) for ap in aps}
-        t = time.perf_counter()
-        keys = await asyncio.to_thread(he.keygen, depth=max(int(d) for d in depths.values()),
-                                       single_query=False)
-        public = keys.public(galois=False)
-        timing["keygen"] += time.perf_counter() - t
+        depths = {ap: await self.ch.recv(ap, f"{NAME}.depth", self.p.timeout) for ap in self.aps}
+        self.keys = await asyncio.to_thread(he.keygen, depth=max(int(d) for d in depths.values()),
+                                            single_query=False)
+        self.public = self.keys.public(galois=False)
 
-    labels: dict[int, int] = {}
-    counts = {"answered": 0, "refused": 0, "abstained": 0}
-    live_aps = list(aps)
-    curve, epsilon = [], 0.0
-    plan = batches(s)
-    for b, rows in enumerate(plan):
-        xb = data.x_queries[list(rows)]
-        # 1-2. private inference: shares of every AP's logits
-        t = time.perf_counter()
-        if crypto:
+    async def infer(self, b: int, rows: range) -> dict[str, np.ndarray]:
+        """Steps 1-2: queries out, masked answers in: shares of every live AP's logits."""
+        xb = self.data.x_queries[list(rows)]
+        if self.p.crypto:
             import he
-            enc = await asyncio.to_thread(he.encrypt, keys, xb, packing="batch")
+            enc = await asyncio.to_thread(he.encrypt, self.keys, xb, packing="batch")
             payload = {"batch": b, "ct": enc.serialize()}
             if b == 0:
-                payload["context"] = public.serialize()
+                payload["context"] = self.public.serialize()
         else:
             payload = {"batch": b, "x": xb.numpy()}
-        for ap in live_aps:
-            await ch.send(ap, f"{NAME}.query", payload)
+        for ap in self.live_aps:
+            await self.ch.send(ap, f"{NAME}.query", payload)
         shares: dict[str, np.ndarray] = {}
-        for ap in list(live_aps):
+        for ap in list(self.live_aps):
             try:
-                answer = await ch.recv(ap, f"{NAME}.answer", s["timeout"])
+                answer = await self.ch.recv(ap, f"{NAME}.answer", self.p.timeout)
             except ChannelError as e:
-                ctx.progress(f"answering party {ap} dropped out: {e}")
-                live_aps.remove(ap)
+                self._drop(ap, e)
                 continue
-            if crypto:
-                out = he.EncryptedOutput.load(public, answer["ct"])
-                y = (await asyncio.to_thread(he.decrypt, keys, out)).numpy()
-            else:
-                y = np.asarray(answer["y"])
-            shares[ap] = encoding.encode(y)
-        timing["inference"] += time.perf_counter() - t
-        # 3. 2PC argmax with each AP: shares of one-hot votes
-        t = time.perf_counter()
-        vote_shares: dict[str, np.ndarray] = {}
-        for ap in list(shares):
+            shares[ap] = encoding.encode(await self._decrypt(answer))
+        return shares
+
+    async def _decrypt(self, answer: dict) -> np.ndarray:
+        if not self.p.crypto:
+            return np.asarray(answer["y"])
+        import he
+        out = he.EncryptedOutput.load(self.public, answer["ct"])
+        return (await asyncio.to_thread(he.decrypt, self.keys, out)).numpy()
+
+    async def votes(self, b: int, shares: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Step 3: a 2PC argmax with each AP: shares of one-hot votes."""
+        vote_shares = {}
+        for ap, share in shares.items():
+            tag = f"{b}:{ap}"
             try:
-                if crypto:
-                    tag = f"{b}:{ap}"
-                    await ch.send(dealer, f"{NAME}.schedule", {"pair": [ctx.me, ap], "tag": tag})
-                    vote_shares[ap] = await _two_pc(ch, ap, dealer, s, tag, _argmax_local, shares[ap])
-                else:
-                    vote_shares[ap] = (await _plain_two_pc(ch, ap, _plain_argmax, shares[ap]))[0]
+                if self.p.crypto:
+                    await self.ch.send(self.dealer, f"{NAME}.schedule",
+                                       {"pair": [self.ctx.me, ap], "tag": tag})
+                vote_shares[ap] = await _argmax(self.ch, ap, self.dealer, self.p, tag, share)
             except ChannelError as e:
-                ctx.progress(f"answering party {ap} dropped out during its 2PC: {e}")
-                live_aps.remove(ap)
-        timing["argmax_2pc"] += time.perf_counter() - t
-        # 4. PG's decision; 5. final 2PC, output to QP only
-        t = time.perf_counter()
-        decision = await ch.recv(pg, f"{NAME}.decision", s["timeout"])
+                self._drop(ap, e, "during its 2PC")
+        return vote_shares
+
+    async def labels_of(self, b: int, rows: range, vote_shares: dict[str, np.ndarray]) -> float:
+        """Steps 4-5: the PG's decision, then the final 2PC; returns the epsilon spent."""
+        decision = await self.ch.recv(self.pg, f"{NAME}.decision", self.p.timeout)
         missing = set(decision["aps"]) - set(vote_shares)
         if missing:
-            raise ProtocolError(f"PG counted votes of {sorted(missing)}, whose 2PC failed here")
+            raise PeerMisbehaved(self.pg, f"counted votes of {sorted(missing)}, whose 2PC "
+                                          "failed here")
         granted = [int(i) for i in decision["granted"]]
-        counts["refused"] += len(rows) - len(granted)
-        epsilon = float(decision["epsilon"])
-        if granted:
-            votes = sum((vote_shares[ap][granted] for ap in decision["aps"]),
-                        np.zeros((len(granted), data.num_classes), dtype=np.uint64))
-            if crypto:
-                tag = f"{b}:final"
-                await ch.send(dealer, f"{NAME}.schedule", {"pair": [ctx.me, pg], "tag": tag})
-                mine = await _two_pc(ch, pg, dealer, s, tag, _final_local, votes, votes, s["threshold"])
+        self.counts["refused"] += len(rows) - len(granted)
+        if not granted:
+            return float(decision["epsilon"])
+        votes = sum((vote_shares[ap][granted] for ap in decision["aps"]),
+                    np.zeros((len(granted), self.data.num_classes), dtype=np.uint64))
+        tag = f"{b}:final"
+        if self.p.crypto:
+            await self.ch.send(self.dealer, f"{NAME}.schedule",
+                               {"pair": [self.ctx.me, self.pg], "tag": tag})
+        mine = await _final(self.ch, self.pg, self.dealer, self.p, tag, votes, votes)
+        theirs = await self.ch.recv(self.pg, f"{NAME}.reveal", self.p.timeout)
+        onehot = encoding.decode(additive.reconstruct([mine[0], theirs[0]]))
+        confident = (np.ones(len(granted)) if self.p.threshold is None else
+                     encoding.decode(additive.reconstruct([mine[1], theirs[1]])))
+        for j, row in enumerate(granted):
+            if confident[j] > 0.5:
+                self.labels[rows[row]] = int(onehot[j].argmax())
+                self.counts["answered"] += 1
             else:
-                mine = await _plain_two_pc(ch, pg, _plain_final(s["threshold"]), votes, votes)
-            theirs = await ch.recv(pg, f"{NAME}.reveal", s["timeout"])
-            onehot = encoding.decode(additive.reconstruct([mine[0], theirs[0]]))
-            confident = (np.ones(len(granted)) if s["threshold"] is None else
-                         encoding.decode(additive.reconstruct([mine[1], theirs[1]])))
-            for j, row in enumerate(granted):
-                if confident[j] > 0.5:
-                    labels[rows[row]] = int(onehot[j].argmax())
-                    counts["answered"] += 1
-                else:
-                    counts["abstained"] += 1
-        timing["pg_and_final_2pc"] += time.perf_counter() - t
-        # 6. retrain on own data + labels so far
-        t = time.perf_counter()
-        acc_now = (await asyncio.to_thread(_retrain_accuracy, ctx, s, data, dict(labels))
-                   if labels else acc_before)
-        timing["retrain"] += time.perf_counter() - t
-        curve.append({"queries": rows.stop, "labelled": len(labels), "accuracy": acc_now,
+                self.counts["abstained"] += 1
+        return float(decision["epsilon"])
+
+    def retrained_accuracy(self) -> float:
+        """Step 6: test accuracy of a model retrained on own data plus the labels so far."""
+        idx = sorted(self.labels)
+        x = torch.cat([self.data.x, self.data.x_queries[idx]])
+        y = torch.cat([self.data.y, torch.tensor([self.labels[i] for i in idx], dtype=torch.long)])
+        model = train_own(self.ctx, self.p, x, y, self.data.num_classes)
+        return accuracy(model, self.data.x_test, self.data.y_test)
+
+    def _drop(self, ap: str, error: Exception, when: str = "") -> None:
+        self.ctx.progress(f"answering party {ap} dropped out{' ' + when if when else ''}: {error}")
+        self.live_aps.remove(ap)
+
+
+async def _timed(timing: dict[str, float], key: str, coro):
+    t = time.perf_counter()
+    try:
+        return await coro
+    finally:
+        timing[key] += time.perf_counter() - t
+
+
+async def querying_party(ctx: RoleContext) -> RoleResult:
+    p = CapcParams.from_dict(ctx.params)
+    aps = ctx.with_role("ap")
+    if not aps:
+        raise ParameterError("CaPC needs at least one answering party")
+    data = my_data(ctx, p)
+    if p.qp_points:
+        data.x, data.y = data.x[:p.qp_points], data.y[:p.qp_points]
+    # CPU-heavy steps run in a worker thread so the event loop keeps the transport alive
+    model = await asyncio.to_thread(train_own, ctx, p, data.x, data.y, data.num_classes)
+    acc_before = accuracy(model, data.x_test, data.y_test)
+    ctx.progress(f"own model: test accuracy {acc_before:.3f} on {len(data.x)} private points")
+    q = _Querier(ctx, p, data, aps, ctx.one_with_role("pg"), ctx.one_with_role("dealer"),
+                 live_aps=list(aps))
+    if p.crypto:
+        await _timed(q.timing, "keygen", q.keygen())
+    curve, epsilon, plan = [], 0.0, p.batches()
+    for b, rows in enumerate(plan):
+        shares = await _timed(q.timing, "inference", q.infer(b, rows))
+        vote_shares = await _timed(q.timing, "argmax_2pc", q.votes(b, shares))
+        epsilon = await _timed(q.timing, "pg_and_final_2pc", q.labels_of(b, rows, vote_shares))
+        acc_now = (await _timed(q.timing, "retrain", asyncio.to_thread(q.retrained_accuracy))
+                   if q.labels else acc_before)
+        curve.append({"queries": rows.stop, "labelled": len(q.labels), "accuracy": acc_now,
                       "epsilon": epsilon})
-        ctx.progress(f"batch {b + 1}/{len(plan)}: {len(labels)} labelled, "
+        ctx.progress(f"batch {b + 1}/{len(plan)}: {len(q.labels)} labelled, "
                      f"accuracy {acc_now:.3f}, epsilon {epsilon:.3g}")
-    if crypto:
-        await ch.send(dealer, f"{NAME}.schedule", {"done": True})
-    correct = sum(int(data.y_queries[i]) == lab for i, lab in labels.items())
+    if p.crypto:
+        await ctx.channel.send(q.dealer, f"{NAME}.schedule", {"done": True})
+    correct = sum(int(data.y_queries[i]) == lab for i, lab in q.labels.items())
     return RoleResult({
-        "role": "qp", "mode": s["mode"], "dataset": s["dataset"], "split": s["split"],
-        "architecture": architecture(ctx, s, ctx.me), "answering_parties": len(aps),
-        "answering_parties_at_end": len(live_aps), "queries": int(s["queries"]),
-        **counts, "labelled_correctly": correct,
+        "role": "qp", "mode": p.mode, "dataset": p.dataset, "split": p.split,
+        "architecture": architecture(ctx, p, ctx.me), "answering_parties": len(aps),
+        "answering_parties_at_end": len(q.live_aps), "queries": p.queries,
+        **q.counts, "labelled_correctly": correct,
         "accuracy_before": acc_before, "accuracy_after": curve[-1]["accuracy"] if curve else acc_before,
-        "epsilon": epsilon, "delta": float(s["delta"]), "accounting": "data-independent, worst case",
-        "labels": {str(k): v for k, v in sorted(labels.items())}, "curve": curve,
-        "timing_seconds": {k: round(v, 3) for k, v in timing.items()},
+        "epsilon": epsilon, "delta": p.delta, "accounting": "data-independent, worst case",
+        "labels": {str(k): v for k, v in sorted(q.labels.items())}, "curve": curve,
+        "timing_seconds": {k: round(v, 3) for k, v in q.timing.items()},
     })
 
 
-def _retrain_accuracy(ctx: RoleContext, s: dict, data, labels: dict[int, int]) -> float:
-    """Test accuracy of a model retrained on own data plus the labelled queries."""
-    idx = sorted(labels)
-    x = torch.cat([data.x, data.x_queries[idx]])
-    y = torch.cat([data.y, torch.tensor([labels[i] for i in idx], dtype=torch.long)])
-    return accuracy(_train_own(ctx, s, x, y, data.num_classes), data.x_test, data.y_test)
-
-
 async def answering_party(ctx: RoleContext) -> RoleResult:
-    s = settings(ctx.params)
-    ch, crypto = ctx.channel, s["mode"] == "crypto"
+    p = CapcParams.from_dict(ctx.params)
+    ch = ctx.channel
     qp, pg, dealer = ctx.one_with_role("qp"), ctx.one_with_role("pg"), ctx.one_with_role("dealer")
-    data = party_data(s["dataset"], data_parties(ctx), ctx.me, split=s["split"],
-                      queries=int(s["queries"]), seed=int(s["seed"]))
-    model = await asyncio.to_thread(_train_own, ctx, s, data.x, data.y, data.num_classes)
+    data = my_data(ctx, p)
+    model = await asyncio.to_thread(train_own, ctx, p, data.x, data.y, data.num_classes)
     acc = accuracy(model, data.x_test, data.y_test)
-    ctx.progress(f"own model ({architecture(ctx, s, ctx.me)}): test accuracy {acc:.3f}")
+    ctx.progress(f"own model ({architecture(ctx, p, ctx.me)}): test accuracy {acc:.3f}")
     plan = public = None
-    if crypto:
+    if p.crypto:
         import he
         plan = he.compile(model, (data.x.shape[1],))
         await ch.send(qp, f"{NAME}.depth", plan.depth)
     timing = {"he_evaluate": 0.0, "argmax_2pc": 0.0}
-    for b, _rows in enumerate(batches(s)):
-        query = await ch.recv(qp, f"{NAME}.query", s["timeout"])
+    for b, _rows in enumerate(p.batches()):
+        query = await ch.recv(qp, f"{NAME}.query", p.timeout)
         if int(query["batch"]) != b:
-            raise ProtocolError(f"QP sent batch {query['batch']}, expected {b}")
+            raise PeerMisbehaved(qp, f"sent batch {query['batch']}, expected {b}")
         t = time.perf_counter()
-        if crypto:
+        if p.crypto:
             import he
             if public is None:
                 public = he.PublicContext.load(query["context"])
             enc = he.EncryptedBatch.load(public, query["ct"])
-            out, r = await asyncio.to_thread(plan.evaluate, enc, mask=True, flood=s["flood"],
+            out, r = await asyncio.to_thread(plan.evaluate, enc, mask=True, flood=p.flood,
                                              context=public)
             await ch.send(qp, f"{NAME}.answer", {"ct": out.serialize()})
             r = r.numpy()
@@ -345,97 +436,95 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
             r = uniform_mask(logits.shape)
             await ch.send(qp, f"{NAME}.answer", {"y": logits - r})
         timing["he_evaluate"] += time.perf_counter() - t
-        t = time.perf_counter()
-        if crypto:
-            vote = await _two_pc(ch, qp, dealer, s, f"{b}:{ctx.me}", _argmax_local, encoding.encode(r))
-        else:
-            vote = (await _plain_two_pc(ch, qp, _plain_argmax, encoding.encode(r)))[0]
-        timing["argmax_2pc"] += time.perf_counter() - t
+        vote = await _timed(timing, "argmax_2pc",
+                            _argmax(ch, qp, dealer, p, f"{b}:{ctx.me}", encoding.encode(r)))
         await ch.send(pg, f"{NAME}.vote_share", {"batch": b, "share": vote})
-    return RoleResult({"role": "ap", "architecture": architecture(ctx, s, ctx.me),
+    return RoleResult({"role": "ap", "architecture": architecture(ctx, p, ctx.me),
                        "test_accuracy": acc, "timing_seconds": {k: round(v, 3) for k, v in timing.items()}})
 
 
+def _noisy_shares(votes: np.ndarray, p: CapcParams, noise: pate.NoiseSource
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The PG's shares for the final 2PC: its vote-histogram share plus Gaussian noise
+    in the ring encoding. Threshold noise is one draw per query, added to every
+    class (so to the max)."""
+    num_classes = votes.shape[1]
+    draws = [pate.confident_gnmax_noise(num_classes, p.sigma_threshold, p.sigma_gnmax, noise)
+             if p.threshold is not None else
+             pate.ConfidentNoise(0.0, pate.gnmax_noise(num_classes, p.sigma_gnmax, noise))
+             for _ in range(len(votes))]
+    s_threshold = votes + encoding.encode(np.array([[d.threshold] * num_classes for d in draws]))
+    s_argmax = votes + encoding.encode(np.array([d.argmax for d in draws]))
+    return s_threshold, s_argmax
+
+
 async def privacy_guardian(ctx: RoleContext) -> RoleResult:
-    s = settings(ctx.params)
-    ch, crypto = ctx.channel, s["mode"] == "crypto"
+    p = CapcParams.from_dict(ctx.params)
+    ch = ctx.channel
     qp, dealer = ctx.one_with_role("qp"), ctx.one_with_role("dealer")
-    ledger = ctx.resources.get("ledger")
-    if ledger is None:
-        raise ProtocolError("the privacy guardian needs its budget ledger (ctx.resources['ledger'])")
-    noise = noise_source(s)
-    if s["noise_seed"] is None:
+    budget = ctx.resources.budget
+    if budget is None:
+        raise ParameterError("the privacy guardian needs its privacy budget "
+                             "(Resources.budget: a budget ledger in deployment)")
+    noise = noise_source(p)
+    if p.noise_seed is None:
         pate.require_secure(noise)
     live_aps = list(ctx.with_role("ap"))
     granted_total = refused_total = 0
-    for b, rows in enumerate(batches(s)):
+    for b, rows in enumerate(p.batches()):
         votes: np.ndarray | None = None
         counted = []
         for ap in list(live_aps):
             try:
-                msg = await ch.recv(ap, f"{NAME}.vote_share", s["timeout"])
+                msg = await ch.recv(ap, f"{NAME}.vote_share", p.timeout)
             except ChannelError:
                 live_aps.remove(ap)  # its vote does not count; the QP is told below
                 continue
             share = np.asarray(msg["share"], dtype=np.uint64)
             expected = (len(rows), share.shape[-1] if votes is None else votes.shape[1])
             if int(msg["batch"]) != b or share.ndim != 2 or share.shape != expected:
-                raise ProtocolError(f"answering party {ap} sent a malformed vote share")
+                raise PeerMisbehaved(ap, "sent a malformed vote share")
             votes = share if votes is None else votes + share
             counted.append(ap)
         granted = []
         # No votes, no answer: noise alone would spend budget on a meaningless label.
         for j in range(len(rows) if counted else 0):
             query_id = f"{ch.session}:{b}:{j}"
-            if s["threshold"] is None:
-                d = ledger.request_gnmax(s["sigma_gnmax"], query_id)
+            if p.threshold is None:
+                d = budget.request_gnmax(p.sigma_gnmax, query_id)
             else:
-                d = ledger.request_confident_gnmax(s["sigma_threshold"], s["sigma_gnmax"], query_id)
+                d = budget.request_confident_gnmax(p.sigma_threshold, p.sigma_gnmax, query_id)
             if d.granted:
                 granted.append(j)
         granted_total += len(granted)
         refused_total += len(rows) - len(granted)
         await ch.send(qp, f"{NAME}.decision", {"batch": b, "granted": granted, "aps": counted,
-                                              "epsilon": ledger.epsilon_spent()})
-        if not granted:
-            continue
-        num_classes = votes.shape[1]
-        # Noise in the ring encoding, added to PG's share only. Threshold noise
-        # is one draw per query, added to every class (so to the max).
-        draws = [pate.confident_gnmax_noise(num_classes, s["sigma_threshold"], s["sigma_gnmax"], noise)
-                 if s["threshold"] is not None else
-                 pate.ConfidentNoise(0.0, pate.gnmax_noise(num_classes, s["sigma_gnmax"], noise))
-                 for _ in granted]
-        mine = votes[granted]
-        s_threshold = mine + encoding.encode(np.array([[d.threshold] * num_classes for d in draws]))
-        s_argmax = mine + encoding.encode(np.array([d.argmax for d in draws]))
-        if crypto:
-            out = await _two_pc(ch, qp, dealer, s, f"{b}:final", _final_local, s_threshold, s_argmax,
-                                s["threshold"])
-        else:
-            out = await _plain_two_pc(ch, qp, _plain_final(s["threshold"]), s_threshold, s_argmax)
-        await ch.send(qp, f"{NAME}.reveal", list(out))
+                                              "epsilon": budget.epsilon_spent()})
+        if granted:
+            s_threshold, s_argmax = _noisy_shares(votes[granted], p, noise)
+            out = await _final(ch, qp, dealer, p, f"{b}:final", s_threshold, s_argmax)
+            await ch.send(qp, f"{NAME}.reveal", list(out))
     return RoleResult({"role": "pg", "granted": granted_total, "refused": refused_total,
-                       "epsilon": ledger.epsilon_spent(), "delta": ledger.delta,
-                       "budget": ledger.epsilon_budget, "noise": repr(noise)})
+                       "epsilon": budget.epsilon_spent(), "delta": budget.delta,
+                       "budget": budget.epsilon_budget, "noise": repr(noise)})
 
 
 async def dealer(ctx: RoleContext) -> RoleResult:
-    s = settings(ctx.params)
-    if s["mode"] != "crypto":
+    p = CapcParams.from_dict(ctx.params)
+    if not p.crypto:
         return RoleResult({"role": "dealer", "sessions": 0})
-    from mpc.crypten_glue import serve_dealer
+    from mpc.twopc import serve_dealer
     qp = ctx.one_with_role("qp")
     served = failed = 0
     while True:
-        order = await ctx.channel.recv(qp, f"{NAME}.schedule", s["timeout"])
+        order = await ctx.channel.recv(qp, f"{NAME}.schedule", p.timeout)
         if order.get("done"):
             break
         a, b = order["pair"]
         if qp not in (a, b) or a == b or {a, b} - set(ctx.roles):
-            raise ProtocolError(f"QP asked the dealer to serve an invalid pair {order['pair']}")
+            raise PeerMisbehaved(qp, f"asked the dealer to serve an invalid pair {order['pair']}")
         try:
-            await serve_dealer(ctx.channel, (a, b), prefix=NAME, timeout=s["timeout"],
+            await serve_dealer(ctx.channel, (a, b), prefix=NAME, timeout=p.timeout,
                                tag=str(order.get("tag", "")))
             served += 1
         except ChannelError:

@@ -17,7 +17,7 @@ Each round (``encoding="hashcomb"``):
    coordinate and returns the aggregate to every owner (``aggregate``);
 4. owners unmask, decode the frequency-weighted mean of bin centres, divide
    by ``scale``, apply it, and evaluate the new global model on the common test
-   split (the stratified 25 % held out by :func:`protocols.datasets.load_table`).
+   split (the stratified 25 % held out by :func:`learning.datasets.load_table`).
 
 ``encoding="float"`` is plain FedAvg: owners send float32 changes (``floats``),
 the aggregator returns their mean (``mean``). Both modes weight owners equally.
@@ -27,21 +27,19 @@ The steps differ by name, so a transcript shows which mode ran.
 from __future__ import annotations
 
 import hashlib
-import secrets
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from mpc import wire
-
-from . import ProtocolError, RoleContext, RoleResult
-from .datasets import SPLITS, TABLES, DatasetError, load_table, partition
-from .hashcomb import (
+from learning.datasets import SPLITS, TABLES, DatasetError, load_table, partition
+from learning.models import public_mlp
+from learning.training import evaluate, get_flat, set_flat, train
+from mpc import randomness, wire
+from privacy.hashcomb_codec import (
     HashComb,
     HashCombError,
     HashCombParams,
@@ -49,6 +47,10 @@ from .hashcomb import (
     aggregate_histograms,
     sample_levels,
 )
+
+from .context import RoleContext, RoleResult
+from .errors import ParameterError, PeerMisbehaved, ProtocolError
+from .params import Params
 
 NAME = "hcfl"
 RULES = {
@@ -61,9 +63,10 @@ ENCODINGS = ("hashcomb", "float")
 
 
 @dataclass(frozen=True)
-class FLConfig:
+class FLConfig(Params):
     """The public training settings; every party must run with the same ones."""
 
+    PROTOCOL = NAME
     encoding: str = "hashcomb"
     dataset: str = "digits"
     split: str = "iid"
@@ -81,39 +84,29 @@ class FLConfig:
     mask: bool = True           # per-coordinate token masking
     timeout: float = 120.0
 
+    def check(self) -> list[str]:
+        checks = [
+            (self.encoding in ENCODINGS, f"encoding must be one of {ENCODINGS}"),
+            (self.dataset in TABLES, f"dataset must be one of {TABLES}"),
+            (self.split in SPLITS, f"split must be one of {SPLITS}"),
+            (self.model in ("mlp", "logreg"), "model must be 'mlp' or 'logreg'"),
+            (self.rounding in ("stochastic", "nearest"), "rounding must be 'stochastic' or 'nearest'"),
+            (min(self.rounds, self.epochs, self.batch, self.hidden) >= 1,
+             "rounds, epochs, batch and hidden must be >= 1"),
+            (min(self.lr, self.scale, self.alpha, self.timeout) > 0,
+             "lr, scale, alpha and timeout must be > 0"),
+        ]
+        return [msg for ok, msg in checks if not ok]
+
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> FLConfig:
-        known = set(cls.__dataclass_fields__)
-        kw = {k: v for k, v in params.items() if k in known}
-        try:
-            cfg = cls(**kw)
-            checks = [
-                (cfg.encoding in ENCODINGS, f"encoding must be one of {ENCODINGS}"),
-                (cfg.dataset in TABLES, f"dataset must be one of {TABLES}"),
-                (cfg.split in SPLITS, f"split must be one of {SPLITS}"),
-                (cfg.model in ("mlp", "logreg"), "model must be 'mlp' or 'logreg'"),
-                (cfg.rounding in ("stochastic", "nearest"), "rounding must be 'stochastic' or 'nearest'"),
-                (int(cfg.rounds) >= 1 and int(cfg.epochs) >= 1 and int(cfg.batch) >= 1
-                 and int(cfg.hidden) >= 1, "rounds, epochs, batch and hidden must be >= 1"),
-                (float(cfg.lr) > 0 and float(cfg.scale) > 0 and float(cfg.alpha) > 0
-                 and float(cfg.timeout) > 0, "lr, scale, alpha and timeout must be > 0"),
-            ]
-        except (TypeError, ValueError) as e:
-            raise ProtocolError(f"bad hcfl parameters: {e}") from None
-        bad = [msg for ok, msg in checks if not ok]
-        if bad:
-            raise ProtocolError("bad hcfl parameters: " + "; ".join(bad))
-        return cfg
+        return cls.from_dict(params)
+
+
+Params = FLConfig
 
 
 # --------------------------------------------------------------------------- token helpers
-
-def hashcomb_params(hp: dict[str, Any]) -> HashCombParams:
-    """hcsetup's public parameters as :class:`HashCombParams` (its p = 0.0 means no randomization)."""
-    p = hp.get("p")
-    return HashCombParams(int(hp["levels"]), float(hp["lo"]), float(hp["hi"]),
-                          float(hp.get("delta", 0.0)), None if not p else float(p))
-
 
 def round_context(seed: bytes, session: str, rnd: int) -> bytes:
     """Token-table context of one round: tables of different rounds and sessions are unrelated."""
@@ -143,7 +136,7 @@ def quantize_tokens(hc: HashComb, values: np.ndarray, rounding: str,
     away. With the randomized release (p set) each value is dithered by the
     width of its own random level. ``rng`` defaults to one seeded from the OS.
     """
-    rng = rng if rng is not None else _secure_rng()
+    rng = rng if rng is not None else randomness.generator()
     v = np.asarray(values, dtype=np.float64)
     a, b = hc.interval
     p = hc.params.p
@@ -173,81 +166,15 @@ def unmask_histogram(hist: TokenHistogram, mask: np.ndarray | None) -> TokenHist
                           hist.fingerprint)
 
 
-def _secure_rng() -> np.random.Generator:
-    return np.random.default_rng(secrets.randbits(128))  # dither is noise: OS-seeded
-
-
-# --------------------------------------------------------------------------- model and training
-
 def make_model(cfg: FLConfig, features: int, classes: int) -> torch.nn.Module:
     """The public architecture, initialised identically by every party from ``cfg.seed``."""
-    if cfg.model == "logreg":
-        model = torch.nn.Sequential(torch.nn.Linear(features, classes))
-    else:
-        model = torch.nn.Sequential(torch.nn.Linear(features, cfg.hidden), torch.nn.ReLU(),
-                                    torch.nn.Linear(cfg.hidden, classes))
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    with torch.no_grad():
-        for layer in model:
-            if isinstance(layer, torch.nn.Linear):
-                bound = layer.in_features ** -0.5
-                for prm in (layer.weight, layer.bias):
-                    prm.copy_(torch.rand(prm.shape, generator=gen) * 2 * bound - bound)
-    return model
-
-
-def get_flat(model: torch.nn.Module) -> np.ndarray:
-    return torch.nn.utils.parameters_to_vector(model.parameters()).detach().numpy().copy()
-
-
-def set_flat(model: torch.nn.Module, flat: np.ndarray) -> None:
-    torch.nn.utils.vector_to_parameters(torch.as_tensor(flat, dtype=torch.float32),
-                                        model.parameters())
-
-
-@contextmanager
-def _one_thread():
-    """Small models run ~100x faster on one thread when several parties share the cores
-    (thread hand-offs dominate otherwise); the caller's setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return public_mlp(cfg.model, features, classes, cfg.hidden, cfg.seed)
 
 
 def local_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
                 shuffle_seed: int) -> None:
-    with _one_thread():
-        _train(model, x, y, cfg, shuffle_seed)
-
-
-def _train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: FLConfig,
-           shuffle_seed: int) -> None:
-    gen = torch.Generator().manual_seed(shuffle_seed)
-    opt = torch.optim.SGD(model.parameters(), lr=float(cfg.lr))
-    model.train()
-    for _ in range(int(cfg.epochs)):
-        order = torch.randperm(len(y), generator=gen)
-        for i in range(0, len(y), int(cfg.batch)):
-            idx = order[i:i + int(cfg.batch)]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    with _one_thread():
-        return _evaluate(model, x, y)
-
-
-def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    model.eval()
-    logits = model(x)
-    loss = torch.nn.functional.cross_entropy(logits, y).item()
-    return float((logits.argmax(1) == y).float().mean().item()), float(loss)
+    train(model, x, y, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch, optimizer="sgd",
+          seed=shuffle_seed)
 
 
 def shuffle_seed(cfg: FLConfig, owner_index: int, rnd: int) -> int:
@@ -262,7 +189,7 @@ def owner_data(cfg: FLConfig, owners: int, index: int):
         shards = partition(data.y_train, owners, cfg.split, seed=int(cfg.data_seed),
                            alpha=float(cfg.alpha))
     except DatasetError as e:
-        raise ProtocolError(str(e)) from None
+        raise ParameterError(f"{NAME}: {e}") from None
     mine = torch.as_tensor(shards[index])
     return data.x_train[mine], data.y_train[mine], data.x_test, data.y_test, data.num_classes
 
@@ -272,12 +199,14 @@ def owner_data(cfg: FLConfig, owners: int, index: int):
 def _secret_state(ctx: RoleContext) -> tuple[bytes, bytes, HashCombParams]:
     missing = [k for k in ("hashcomb_key", "hashcomb_seed", "hashcomb_params") if k not in ctx.state]
     if missing:
-        raise ProtocolError(f"owner '{ctx.me}' has no Hash-Comb secret ({', '.join(missing)} "
+        raise ParameterError(f"owner '{ctx.me}' has no Hash-Comb secret ({', '.join(missing)} "
                             "missing from its state): run the hcsetup protocol first in the same "
                             "work directory (python run_parties.py hashcomb-fl does both)")
     try:
+        hp = dict(ctx.state["hashcomb_params"])
+        hp["p"] = hp.get("p") or None   # states from before: p = 0.0 meant no randomization
         return (bytes(ctx.state["hashcomb_key"]), bytes(ctx.state["hashcomb_seed"]),
-                hashcomb_params(ctx.state["hashcomb_params"]))
+                HashCombParams(**hp))
     except (HashCombError, KeyError, TypeError, ValueError) as e:
         raise ProtocolError(f"owner '{ctx.me}' has unusable Hash-Comb parameters in its state: {e}") \
             from None
@@ -296,11 +225,11 @@ async def owner(ctx: RoleContext) -> RoleResult:
     x, y, x_test, y_test, classes = owner_data(cfg, len(owners), index)
     model = make_model(cfg, x.shape[1], classes)
     dim = sum(p.numel() for p in model.parameters())
-    rng = _secure_rng()
+    rng = randomness.generator()   # stochastic rounding is noise: OS-seeded
     ctx.progress(f"{cfg.encoding} FL on {cfg.dataset} ({cfg.split}): {len(y)} local samples, "
                  f"{dim} parameters, {cfg.rounds} rounds")
     rounds = []
-    for r in range(int(cfg.rounds)):
+    for r in range(cfg.rounds):
         t0 = time.perf_counter()
         w0 = get_flat(model)
         local_train(model, x, y, cfg, shuffle_seed(cfg, index, r))
@@ -324,10 +253,10 @@ async def owner(ctx: RoleContext) -> RoleResult:
             step_out, step_in = "floats", "mean"
         sent = len(wire.encode(payload))
         await ch.send(aggregator, f"{NAME}.{step_out}", payload)
-        reply = await ch.recv(aggregator, f"{NAME}.{step_in}", float(cfg.timeout))
+        reply = await ch.recv(aggregator, f"{NAME}.{step_in}", cfg.timeout)
         received = len(wire.encode(reply))
         if not isinstance(reply, dict) or reply.get("round") != r:
-            raise ProtocolError(f"the aggregator answered round {r} with "
+            raise PeerMisbehaved(aggregator, f"answered round {r} with "
                                 f"{reply.get('round') if isinstance(reply, dict) else reply!r}")
         if "error" in reply:
             raise ProtocolError(f"the aggregator aborted round {r}: {reply['error']}")
@@ -336,15 +265,15 @@ async def owner(ctx: RoleContext) -> RoleResult:
                 agg = unmask_histogram(TokenHistogram.from_wire(reply["hist"]), mask)
                 counts = agg.coordinate_totals()
                 if agg.dim != dim or np.any(counts != len(owners)):
-                    raise ProtocolError(f"round {r}: the aggregate does not hold one contribution "
+                    raise PeerMisbehaved(aggregator, f"round {r}: the aggregate does not hold one contribution "
                                         f"from each of the {len(owners)} owners per coordinate")
                 mean = (hc.decode_histogram(agg) / float(cfg.scale)).astype(np.float32)
             except (HashCombError, KeyError) as e:
-                raise ProtocolError(f"round {r}: cannot decode the aggregate: {e}") from None
+                raise PeerMisbehaved(aggregator, f"round {r}: its aggregate does not decode: {e}") from None
         else:
             mean = np.asarray(reply.get("mean"))
             if mean.shape != (dim,) or mean.dtype != np.float32:
-                raise ProtocolError(f"round {r}: the aggregator's mean has shape {mean.shape} "
+                raise PeerMisbehaved(aggregator, f"round {r}: its mean has shape {mean.shape} "
                                     f"and dtype {mean.dtype}, expected ({dim},) float32")
         set_flat(model, w0 + mean)
         acc, loss = evaluate(model, x_test, y_test)
@@ -362,7 +291,7 @@ async def owner(ctx: RoleContext) -> RoleResult:
               "model_digest": hashlib.sha256(final.tobytes()).hexdigest()[:16]}
     if hashcomb:
         public["hashcomb"] = {**hp.as_dict(), "masked": cfg.mask, "rounding": cfg.rounding}
-    public.update(config=asdict(cfg), rounds=rounds)
+    public.update(config=cfg.to_dict(), rounds=rounds)
     return RoleResult(public, private={f"hcfl_model_{cfg.encoding}": final})
 
 
@@ -378,9 +307,9 @@ async def aggregator(ctx: RoleContext) -> RoleResult:
     hashcomb = cfg.encoding == "hashcomb"
     step_in, step_out = ("tokens", "aggregate") if hashcomb else ("floats", "mean")
     stats = []
-    for r in range(int(cfg.rounds)):
+    for r in range(cfg.rounds):
         t0 = time.perf_counter()
-        got = {name: await ctx.channel.recv(name, f"{NAME}.{step_in}", float(cfg.timeout))
+        got = {name: await ctx.channel.recv(name, f"{NAME}.{step_in}", cfg.timeout)
                for name in owners}
         late = [n for n, g in got.items() if not isinstance(g, dict) or g.get("round") != r]
         if late:

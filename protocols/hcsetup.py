@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import secrets
+from dataclasses import dataclass
 
-from mpc import shamir
+from mpc import randomness, shamir
+from privacy.hashcomb_codec import HashCombError, HashCombParams
 
-from . import ProtocolError, RoleContext, RoleResult
+from .context import RoleContext, RoleResult
+from .errors import ParameterError, PeerMisbehaved, ProtocolError
+from .params import Params
 
 NAME = "hcsetup"
 KEY_BYTES, SEED_BYTES = 32, 16
@@ -40,24 +42,41 @@ RULES = {
     ("owner", "aggregator", "params"),
     ("aggregator", "owner", "agreed"),
 }
-DEFAULT_PARAMS = {"levels": 8, "lo": -0.35, "hi": 0.35, "delta": 0.01, "p": 0.0}
-TIMEOUT = 60.0
 
 
-def public_params(params: dict) -> dict:
-    """The public Hash-Comb hyper-parameters, with defaults filled in and checked."""
-    hp = {k: params.get(k, v) for k, v in DEFAULT_PARAMS.items()}
-    if not (isinstance(hp["levels"], int) and 1 <= hp["levels"] <= 24):
-        raise ProtocolError(f"levels must be an integer in 1..24, got {hp['levels']!r}")
-    if not float(hp["lo"]) < float(hp["hi"]):
-        raise ProtocolError(f"need lo < hi, got lo={hp['lo']} hi={hp['hi']}")
-    if float(hp["delta"]) < 0 or not 0 <= float(hp["p"]) < 1:
-        raise ProtocolError("delta must be >= 0 and p in [0, 1)")
-    return hp
+@dataclass(frozen=True)
+class SetupParams(Params):
+    """The public Hash-Comb hyper-parameters and the Shamir threshold."""
+
+    PROTOCOL = NAME
+    levels: int = 8
+    lo: float = -0.35
+    hi: float = 0.35
+    delta: float = 0.01
+    p: float | None = None          # randomized release; None (or 0) for none
+    threshold: int | None = None    # t of N; default N // 2 + 1
+    timeout: float = 60.0
+
+    def check(self) -> list[str]:
+        problems = [] if self.timeout > 0 else [f"timeout must be positive, got {self.timeout}"]
+        try:
+            self.codec()
+        except HashCombError as e:
+            problems.append(str(e))
+        return problems
+
+    def codec(self) -> HashCombParams:
+        """The codec's parameter class: it validates and fingerprints them."""
+        return HashCombParams(self.levels, self.lo, self.hi, self.delta, self.p or None)
+
+    def threshold_for(self, n: int) -> int:
+        t = n // 2 + 1 if self.threshold is None else self.threshold
+        if not 1 <= t <= n:
+            raise ParameterError(f"{NAME}: threshold must be in 1..{n} for {n} owners, got {t}")
+        return t
 
 
-def fingerprint(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:32]
+Params = SetupParams
 
 
 def key_check(secret: bytes) -> str:
@@ -65,23 +84,17 @@ def key_check(secret: bytes) -> str:
     return hmac.new(secret, b"confidant/hashcomb/key-check", hashlib.sha256).hexdigest()[:32]
 
 
-def threshold(ctx: RoleContext, n: int) -> int:
-    t = int(ctx.params.get("threshold", n // 2 + 1))
-    if not 1 <= t <= n:
-        raise ProtocolError(f"threshold must be in 1..{n} for {n} owners, got {t}")
-    return t
-
-
 async def owner(ctx: RoleContext) -> RoleResult:
     owners = ctx.with_role("owner")
     others = [o for o in owners if o != ctx.me]
     aggregator = ctx.one_with_role("aggregator")
-    n, t = len(owners), threshold(ctx, len(owners))
-    hp = public_params(ctx.params)
+    params = SetupParams.from_dict(ctx.params)
+    n, t = len(owners), params.threshold_for(len(owners))
+    hp = params.codec()
     ch = ctx.channel
 
     # 1. share a fresh contribution
-    contribution = secrets.token_bytes(KEY_BYTES + SEED_BYTES)
+    contribution = randomness.token_bytes(KEY_BYTES + SEED_BYTES)
     shares = shamir.share(contribution, n, t)
     for index, name in enumerate(owners):
         if name != ctx.me:
@@ -91,15 +104,15 @@ async def owner(ctx: RoleContext) -> RoleResult:
     # 2. my share of S = XOR of everyone's contribution
     mine = shares[owners.index(ctx.me)]
     for name in others:
-        got = shamir.Share.from_dict(await ch.recv(name, f"{NAME}.share", TIMEOUT))
+        got = shamir.Share.from_dict(await ch.recv(name, f"{NAME}.share", params.timeout))
         if got.index != mine.index:
-            raise ProtocolError(f"owner '{name}' sent share index {got.index}, expected {mine.index}")
+            raise PeerMisbehaved(name, f"sent share index {got.index}, expected {mine.index}")
         mine = mine + got
 
     # 3. open S among owners only
     for name in others:
         await ch.send(name, f"{NAME}.open", mine.to_dict())
-    opened = [mine] + [shamir.Share.from_dict(await ch.recv(name, f"{NAME}.open", TIMEOUT))
+    opened = [mine] + [shamir.Share.from_dict(await ch.recv(name, f"{NAME}.open", params.timeout))
                        for name in others]
     try:
         secret = shamir.reconstruct(opened)
@@ -107,33 +120,42 @@ async def owner(ctx: RoleContext) -> RoleResult:
         raise ProtocolError(f"the owners' shares do not agree: {e}") from None
 
     # 4. confirm the same secret and parameters among owners, parameters with the aggregator
-    check = {"key_check": key_check(secret), "params": fingerprint(hp)}
+    check = {"key_check": key_check(secret), "params": hp.fingerprint()}
     for name in others:
         await ch.send(name, f"{NAME}.confirm", check)
     for name in others:
-        theirs = await ch.recv(name, f"{NAME}.confirm", TIMEOUT)
+        theirs = await ch.recv(name, f"{NAME}.confirm", params.timeout)
         if theirs != check:
             what = "hyper-parameters" if theirs.get("params") != check["params"] else "secret"
             raise ProtocolError(f"owner '{name}' ended up with a different {what}; "
                                 "check that every owner runs with the same settings")
-    await ch.send(aggregator, f"{NAME}.params", {"params": hp, "fingerprint": check["params"]})
-    agreed = await ch.recv(aggregator, f"{NAME}.agreed", TIMEOUT)
+    await ch.send(aggregator, f"{NAME}.params", {"params": hp.as_dict(),
+                                                 "fingerprint": check["params"]})
+    agreed = await ch.recv(aggregator, f"{NAME}.agreed", params.timeout)
     if agreed.get("fingerprint") != check["params"]:
         raise ProtocolError("the aggregator reports that the owners' hyper-parameters differ")
     ctx.progress("secret established and confirmed")
     return RoleResult(
-        public={"role": "owner", "owners": n, "threshold": t, "params": hp,
+        public={"role": "owner", "owners": n, "threshold": t, "params": hp.as_dict(),
                 "params_fingerprint": check["params"], "key_check": check["key_check"]},
         private={"hashcomb_key": secret[:KEY_BYTES], "hashcomb_seed": secret[KEY_BYTES:],
-                 "hashcomb_share": mine.to_dict(), "hashcomb_params": hp})
+                 "hashcomb_share": mine.to_dict(), "hashcomb_params": hp.as_dict()})
+
+
+def _fingerprint_of(proposal: dict) -> str | None:
+    """The fingerprint of an owner's proposed parameters (None if they are invalid)."""
+    try:
+        return HashCombParams(**proposal["params"]).fingerprint()
+    except (HashCombError, KeyError, TypeError):
+        return None
 
 
 async def aggregator(ctx: RoleContext) -> RoleResult:
+    params = SetupParams.from_dict(ctx.params)
     owners = ctx.with_role("owner")
-    got = {name: await ctx.channel.recv(name, f"{NAME}.params", TIMEOUT) for name in owners}
+    got = {name: await ctx.channel.recv(name, f"{NAME}.params", params.timeout) for name in owners}
     prints = {g.get("fingerprint") for g in got.values()}
-    if len(prints) != 1 or any(fingerprint(g.get("params", {})) != g.get("fingerprint")
-                               for g in got.values()):
+    if len(prints) != 1 or any(_fingerprint_of(g) != g.get("fingerprint") for g in got.values()):
         for name in owners:
             await ctx.channel.send(name, f"{NAME}.agreed", {"fingerprint": None})
         raise ProtocolError(f"owners proposed different hyper-parameters: "
@@ -141,9 +163,9 @@ async def aggregator(ctx: RoleContext) -> RoleResult:
     fp = prints.pop()
     for name in owners:
         await ctx.channel.send(name, f"{NAME}.agreed", {"fingerprint": fp})
-    params = next(iter(got.values()))["params"]
-    return RoleResult({"role": "aggregator", "params": params, "params_fingerprint": fp},
-                      private={"hashcomb_params": params})
+    agreed = next(iter(got.values()))["params"]
+    return RoleResult({"role": "aggregator", "params": agreed, "params_fingerprint": fp},
+                      private={"hashcomb_params": agreed})
 
 
 ROLES = {"owner": owner, "aggregator": aggregator}

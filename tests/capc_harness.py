@@ -1,10 +1,13 @@
-"""CaPC roles in one process (see parties.simulate)."""
+"""CaPC roles in one process (protocols.runner), the guardian's budget in a ledger file."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
-from parties.simulate import simulate
+import protocols
+from parties.resources import open_resources
+from protocols.runner import run_session
 
 
 def roles_for(aps: int) -> dict[str, str]:
@@ -13,4 +16,9 @@ def roles_for(aps: int) -> dict[str, str]:
 
 
 async def run_capc(tmp: Path, params: dict, aps: int = 2, kill: dict | None = None) -> dict:
-    return await simulate("capc", roles_for(aps), params, tmp, kill=kill)
+    module = protocols.load("capc")
+    with contextlib.ExitStack() as stack:
+        def resources(name: str, role: str) -> protocols.Resources:
+            return open_resources(module, role, name, tmp, params, stack,
+                                  tmp / f"ledger-{id(stack)}-{name}.jsonl")
+        return await run_session("capc", roles_for(aps), params, resources=resources, kill=kill)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from learning.datasets import load_digit_images
+from learning.precode import insert_bottleneck, mlp
 from protocols import attacks as A
-from protocols.datasets import load_digit_images
-from protocols.precode import insert_bottleneck, mlp
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -103,5 +103,5 @@ def test_analytic_first_layer_inversion_bypasses_precode(digits):
     result = A.analytic_first_layer(model, target, (1, 8, 8))
     assert A.score_reconstructions(x, result.reconstruction).summary()["mse"] < 1e-8
     with pytest.raises(A.AttackError, match="first nn.Linear"):
-        from protocols.precode import small_cnn
+        from learning.precode import small_cnn
         A.analytic_first_layer(small_cnn((1, 8, 8), 10), target, (1, 8, 8))

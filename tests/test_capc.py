@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from protocols import ProtocolError
-from protocols.capc import settings
+from protocols import ParameterError
+from protocols.capc import CapcParams
 from tests.capc_harness import run_capc
 
 SMALL = {"dataset": "digits", "queries": 12, "batch_size": 6, "epochs": 8, "noise_seed": 11,
@@ -54,10 +54,14 @@ async def test_answering_party_killed_mid_run_query_completes_without_it(tmp_pat
 
 
 def test_bad_parameters_are_named():
-    with pytest.raises(ProtocolError, match="unknown CaPC parameters"):
-        settings({"queries": 5, "sigma": 1})
-    with pytest.raises(ProtocolError, match="mode"):
-        settings({"mode": "fast"})
+    with pytest.raises(ParameterError, match="unknown parameter.* sigma; known: "):
+        CapcParams.from_dict({"queries": 5, "sigma": 1})
+    with pytest.raises(ParameterError, match="mode"):
+        CapcParams.from_dict({"mode": "fast"})
+    for bad, what in (({"queries": 0}, "queries"), ({"queries": -5}, "queries"),
+                      ({"batch_size": "ten"}, "batch_size"), ({"delta": 2}, "delta")):
+        with pytest.raises(ParameterError, match=what):
+            CapcParams.from_dict(bad)
 
 
 async def test_pg_without_ledger_refuses_to_run(tmp_path):
@@ -66,6 +70,6 @@ async def test_pg_without_ledger_refuses_to_run(tmp_path):
     from tests.capc_harness import roles_for
     roles = roles_for(1)
     net = InMemoryNetwork(list(roles))
-    with pytest.raises(ProtocolError, match="budget ledger"):
+    with pytest.raises(ParameterError, match="privacy budget"):
         await asyncio.wait_for(role_function("capc", "pg")(
             RoleContext(net.channel("guardian"), roles, dict(SMALL))), 30)

@@ -11,10 +11,10 @@ from pathlib import Path
 import aiomqtt
 import numpy as np
 
+from learning.models import party_data
 from mpc import encoding
 from parties.audit import audit_run
 from parties.broker import EmbeddedBroker
-from protocols.models import party_data
 from tests.capc_harness import run_capc
 from tests.mosquitto_fixture import requires_mosquitto, start_mosquitto, stop_mosquitto
 

@@ -5,7 +5,7 @@ import pytest
 
 from mpc import additive, encoding
 from mpc.channel import InMemoryNetwork, PeerGone
-from mpc.crypten_glue import (
+from mpc.twopc import (
     TwoParty,
     TwoPartyError,
     argmax_onehot,

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import stats
 
-import mpc.crypten_glue  # noqa: F401  (import shim so crypten imports on this torch)
+import mpc.twopc  # noqa: F401  (import shim so crypten imports on this torch)
 from mpc import additive, encoding
 
 floats = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=64)

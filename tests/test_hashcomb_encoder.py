@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mpc import wire
-from protocols.hashcomb import (
+from privacy.hashcomb_codec import (
     AmbiguousTokenError,
     HashComb,
     HashCombParams,

@@ -15,16 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import protocols
+from learning.datasets import DatasetError, partition
 from mpc.channel import Channel, InMemoryNetwork
 from parties.audit import audit_run
-from protocols import ProtocolError, RoleContext
-from protocols.datasets import DatasetError, partition
-from protocols.hashcomb import HashComb, TokenHistogram, UnknownTokenError
+from privacy.hashcomb_codec import HashComb, HashCombParams, TokenHistogram, UnknownTokenError
+from protocols import ParameterError, ProtocolError, RoleContext
 from protocols.hashcomb_fl import (
     FLConfig,
     coordinate_mask,
     get_flat,
-    hashcomb_params,
     make_model,
     quantize_tokens,
     round_context,
@@ -101,7 +100,7 @@ def test_decoded_aggregate_is_mean_of_quantized_updates(states):
     cfg = {**FAST, "rounds": 1, "scale": 2.0}
     res, rec, session = run("hcfl", cfg, states, record=("aggregator",))
     key, seed = states["owner1"]["hashcomb_key"], states["owner1"]["hashcomb_seed"]
-    hp = hashcomb_params(states["owner1"]["hashcomb_params"])
+    hp = HashCombParams(**states["owner1"]["hashcomb_params"])
     ctx = round_context(seed, session, 0)
     hc = HashComb.from_params(hp, key=key, context=ctx)
     uploads = [TokenHistogram.from_wire(p["hist"]) for _, kind, p in rec["aggregator"].received]
@@ -155,7 +154,7 @@ def test_aggregator_receives_nothing_decodable(states):
     assert np.unique(toks).size > 0.99 * toks.size
     # even with the key and the round's context, masked tokens are not table tokens
     key, seed = states["owner1"]["hashcomb_key"], states["owner1"]["hashcomb_seed"]
-    hp = hashcomb_params(states["owner1"]["hashcomb_params"])
+    hp = HashCombParams(**states["owner1"]["hashcomb_params"])
     hc = HashComb.from_params(hp, key=key, context=round_context(seed, session, 0))
     with pytest.raises(UnknownTokenError):
         hc.decode(toks)
@@ -188,9 +187,10 @@ def test_owners_with_different_keys_are_refused(states):
     assert all(isinstance(res[o], ProtocolError) and "aborted" in str(res[o]) for o in OWNERS)
 
 
-def test_bad_parameters_raise_protocol_error():
-    for params in ({"encoding": "zip"}, {"rounds": 0}, {"lr": -1}, {"dataset": "mnist"}):
-        with pytest.raises(ProtocolError, match="bad hcfl parameters"):
+def test_bad_parameters_raise_parameter_error():
+    for params in ({"encoding": "zip"}, {"rounds": 0}, {"lr": -1}, {"dataset": "mnist"},
+                   {"round": 3}, {"rounds": "many"}):
+        with pytest.raises(ParameterError, match="^hcfl: "):
             FLConfig.from_params(params)
 
 

@@ -124,15 +124,15 @@ def test_zero_row_gets_fresh_bias_encryption() -> None:
 def test_first_layer_assigns_every_weight_once(m: int, n: int, log_slots: int, seed: int) -> None:
     """Single-query first layer: simulating out[s] = sum_k p_k[s] x[s+k] and the
     rotate-and-add reduction on the shifted-copies layout gives exactly W v."""
-    from he.plan import Affine, _pow2
+    from he.layers import Affine, pow2
     from he.single import first_layer, layout
     slots = 1 << log_slots
-    if max(_pow2(m), _pow2(n)) > slots:
+    if max(pow2(m), pow2(n)) > slots:
         return
     rng = np.random.default_rng(seed)
     w, v = rng.normal(size=(m, n)), rng.normal(size=n)
     fl = first_layer(Affine(w, np.zeros(m), "test"), slots)
-    assert fl.count <= max(_pow2(m), _pow2(n))
+    assert fl.count <= max(pow2(m), pow2(n))
     x = layout(v, slots)
     out = sum(fl.diagonals[k] * np.roll(x, -k) for k in range(fl.count))
     s = fl.m_p

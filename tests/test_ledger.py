@@ -26,7 +26,7 @@ from parties.ledger import (
     LedgerUsageError,
     head_path,
 )
-from protocols.pate import PateAccountant
+from privacy.pate import PateAccountant
 
 ROOT = Path(__file__).resolve().parents[1]
 S1, S2 = 200.0, 40.0

@@ -12,7 +12,7 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.pate import (
+from privacy.pate import (
     DEFAULT_ORDERS,
     InsecureNoiseError,
     NoiseSource,

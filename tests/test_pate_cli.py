@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from parties.cli import main
-from protocols.pate import PateAccountant
+from privacy.pate import PateAccountant
 
 CAPC = ["privacy", "--teachers", "250", "--threshold", "300", "--sigma1", "200",
         "--sigma2", "40", "--delta", "1e-6"]

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from protocols.precode import (
+from learning.precode import (
     PrecodeError,
     VariationalBottleneck,
     add_kl,
@@ -109,7 +109,7 @@ def test_insert_into_cnn_and_errors():
 
 
 def test_evaluation_data_loaders():
-    from protocols.datasets import DatasetError, load_digit_images, load_table, synthetic_images
+    from learning.datasets import DatasetError, load_digit_images, load_table, synthetic_images
 
     syn = synthetic_images(n_train=40, n_test=10, seed=1)
     assert syn.x_train.shape == (40, 3, 32, 32) and syn.x_test.shape == (10, 3, 32, 32)

@@ -12,12 +12,28 @@ session running while they inject bad input, kill a party or restart the broker.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
-from . import ProtocolError, RoleContext, RoleResult
+from protocols import ParameterError, Params, PeerMisbehaved, RoleContext, RoleResult
 
 NAME = "pingpong"
 RULES = {("player", "player", "ball")}
 TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class PingParams(Params):
+    PROTOCOL = NAME
+    count: int = 10
+    sleep: float = 0.0
+    pad: int = 0
+
+    def check(self) -> list[str]:
+        ok = self.count >= 1 and self.sleep >= 0 and self.pad >= 0
+        return [] if ok else [f"needs count >= 1, sleep >= 0, pad >= 0; got {self}"]
+
+
+Params = PingParams
 
 
 async def _recv_round(ctx: RoleContext, peers: list[str], n: int) -> dict[str, int]:
@@ -32,19 +48,17 @@ async def _recv_round(ctx: RoleContext, peers: list[str], n: int) -> dict[str, i
     for p, t in tasks.items():
         ball = t.result()
         if not isinstance(ball, dict) or ball.get("n") != n:
-            raise ProtocolError(f"party '{p}' sent {ball!r} in round {n}: balls arrived out of order")
+            raise PeerMisbehaved(p, f"sent {ball!r} in round {n}: balls arrived out of order")
         got[p] = n
     return got
 
 
 async def player(ctx: RoleContext) -> RoleResult:
-    count, pause = int(ctx.params.get("count", 10)), float(ctx.params.get("sleep", 0.0))
-    pad = bytes(int(ctx.params.get("pad", 0)))
-    if count < 1 or pause < 0:
-        raise ProtocolError(f"pingpong needs count >= 1 and sleep >= 0, got {count} and {pause}")
+    params = PingParams.from_dict(ctx.params)
+    count, pause, pad = params.count, params.sleep, bytes(params.pad)
     peers = [n for n in ctx.with_role("player") if n != ctx.me]
     if not peers:
-        raise ProtocolError("pingpong needs at least two players")
+        raise ParameterError("pingpong needs at least two players")
     received: dict[str, list[int]] = {p: [] for p in peers}
     for n in range(count):
         for p in peers:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +37,8 @@ import numpy as np
 import scipy.special
 import scipy.stats
 from numpy.typing import ArrayLike, NDArray
+
+from mpc import randomness
 
 Conversion = Literal["classic", "improved"]
 
@@ -66,7 +67,7 @@ class NoiseSource:
     """Where Gaussian noise comes from.
 
     ``NoiseSource.secure()`` (the default everywhere) seeds a numpy Generator
-    with 128 bits from the OS CSPRNG and reseeds itself after ``fork`` so two
+    with 256 bits from the OS (:mod:`mpc.randomness`) and reseeds itself after ``fork`` so two
     processes never share noise.  ``NoiseSource.for_simulation(seed)`` fixes
     the noise for reproducible experiments; it is an object that must be passed
     explicitly, it says INSECURE in its repr, and :func:`require_secure` turns
@@ -85,7 +86,7 @@ class NoiseSource:
     @classmethod
     def secure(cls) -> NoiseSource:
         """Noise seeded from the OS random source (deployment)."""
-        return cls(_generator=np.random.Generator(np.random.PCG64(secrets.randbits(128))),
+        return cls(_generator=randomness.generator(),
                    _insecure=False, _seed=None)
 
     @classmethod
@@ -101,7 +102,7 @@ class NoiseSource:
         _check_sigma(sigma, "sigma")
         if not self.insecure and os.getpid() != self._pid:
             # A forked child would otherwise replay its parent's noise.
-            self._gen = np.random.Generator(np.random.PCG64(secrets.randbits(128)))
+            self._gen = randomness.generator()
             self._pid = os.getpid()
         if size is None:
             return float(self._gen.normal(0.0, sigma))

@@ -23,7 +23,7 @@ node (k, i) is a + m u with u = (b - a) / 2^(L+1) and the integer
 m = (2 i + 1) 2^(L-k), so aggregated sums of m are exact integers.
 
 Pure computation: no I/O, no network. Randomness for released levels comes from
-the OS (``os.urandom``) unless a numpy Generator is passed explicitly (for
+the OS (:mod:`mpc.randomness`) unless a numpy Generator is passed explicitly (for
 reproducible tests and simulations).
 """
 
@@ -32,12 +32,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from mpc import randomness
 
 __all__ = [
     "AmbiguousTokenError",
@@ -210,8 +211,7 @@ def solve_selection_probability(levels: int, target_level: float, tol: float = 1
 def _uniforms(n: int, rng: np.random.Generator | None) -> np.ndarray:
     """n uniforms in [0, 1): from the OS CSPRNG by default, from ``rng`` only if given."""
     if rng is None:
-        raw = np.frombuffer(os.urandom(8 * n), dtype=np.uint64)
-        return (raw >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+        return randomness.uniform(n)
     if not isinstance(rng, np.random.Generator):
         raise ParameterError("rng must be a numpy Generator (e.g. np.random.default_rng(seed)) "
                              "for reproducible runs, or None for OS randomness")

@@ -34,13 +34,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
-from protocols.precode import add_kl, bottlenecks, parameters_before_bottleneck
+from .precode import bottlenecks, parameters_before_bottleneck, precode_loss
 
 SUCCESS_SSIM = 0.5
 Gradients = dict[str, torch.Tensor]
@@ -54,9 +53,8 @@ class AttackError(ValueError):
 # ----------------------------------------------------------------- the victim
 
 
-def client_loss(model: nn.Module, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The loss a client trains on: cross-entropy plus any PRECODE KL terms."""
-    return add_kl(model, F.cross_entropy(output, y))
+# The loss a client trains on: cross-entropy plus any PRECODE KL terms.
+client_loss = precode_loss
 
 
 def shared_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Gradients:

@@ -181,3 +181,41 @@ def partition(y: np.ndarray | torch.Tensor, parts: int, how: str = "iid", seed: 
             return out
     raise DatasetError(f"could not draw a label-skewed split with at least {min_size} samples "
                        f"per owner in 1000 tries; raise alpha (now {alpha}) or lower min_size")
+
+
+@dataclass
+class PartyData:
+    """One party's private labelled data, the common test set, and the QP's query pool."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_queries: torch.Tensor
+    y_queries: torch.Tensor   # ground truth: used only to score labels, never sent
+    num_classes: int
+
+
+def party_data(dataset: str, parties: list[str], me: str, *, split: str = "iid",
+               queries: int = 200, seed: int = 0, alpha: float = 0.5) -> PartyData:
+    """Deterministic split of ``dataset`` among ``parties`` (sorted by the caller).
+
+    A pool of ``queries`` training points is held out first (the querying
+    party's unlabelled data); the rest is divided among the parties, IID or
+    label-skewed (``noniid``: per class, Dirichlet(alpha) proportions).
+    """
+    data = load_table(dataset, seed=seed)
+    rng = np.random.default_rng(seed)  # the split is public; only reproducibility matters
+    n = len(data.x_train)
+    if queries >= n // 2:
+        raise DatasetError(f"{queries} queries leave too little training data ({n} points)")
+    order = rng.permutation(n)
+    pool, rest = order[:queries], order[queries:]
+    if split == "iid":
+        mine = np.array_split(rest, len(parties))[parties.index(me)]
+    else:
+        labels = data.y_train.numpy()[rest]
+        shards = partition(labels, len(parties), split, seed=seed, alpha=alpha, min_size=2)
+        mine = rest[shards[parties.index(me)]]
+    return PartyData(data.x_train[mine], data.y_train[mine], data.x_test, data.y_test,
+                     data.x_train[pool], data.y_train[pool], data.num_classes)

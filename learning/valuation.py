@@ -14,7 +14,7 @@ training checkpoint (epoch end):
 Per-sample gradients come from ``torch.func`` (vmap of grad). DP-SGD is
 implemented here on top of them: Poisson sampling, per-sample clipping,
 Gaussian noise, and Opacus' RDP accountant for epsilon. Sampling and noise use
-the OS random source (``os.urandom``), not torch's generator, because they
+the OS random source (:mod:`mpc.randomness`), not torch's generator, because they
 carry the privacy guarantee; model initialisation and the experiment's data
 corruption are seeded for reproducibility.
 
@@ -22,18 +22,13 @@ Client-level value: ``release_client_value`` turns an owner's scores into a
 noisy aggregate (mean score and count above a public cut-off) with the
 Gaussian mechanism, and accounts its epsilon.
 
-``python -m protocols.valuation evaluate [--quick]`` runs the experiment in
+``python -m benchmarks.valuation_results [--quick]`` runs the experiment in
 docs/precode_valuation.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
-import sys
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +41,10 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
-from protocols.datasets import Split, load_digit_images
+from mpc import randomness
+
+from .datasets import Split, load_digit_images
+from .training import accuracy
 
 SCORES = ("loss", "grad norm", "VoG")
 LOSS_BOUND = 5.0  # public clip for released loss sums
@@ -58,33 +56,6 @@ Progress = Callable[[int], None]
 
 class ValuationError(ValueError):
     """Valuation was configured with values it cannot use."""
-
-
-# ------------------------------------------------------ secure randomness
-
-
-def secure_uniform(n: int) -> np.ndarray:
-    """n doubles uniform in [0, 1) with 53 random bits each, from os.urandom."""
-    raw = np.frombuffer(os.urandom(8 * n), dtype=np.uint64)
-    return (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def secure_normal(shape: tuple[int, ...] | torch.Size, std: float = 1.0) -> torch.Tensor:
-    """Gaussian noise from os.urandom via Box-Muller (float64, then float32).
-    Note: like Opacus without secure_mode it is not hardened against
-    floating-point attacks on the Gaussian mechanism (Mironov 2012)."""
-    n = int(np.prod(shape)) if len(shape) else 1
-    m = (n + 1) // 2
-    u = secure_uniform(2 * m)
-    radius = np.sqrt(-2.0 * np.log1p(-u[:m]))  # 1 - u in (0, 1]: log is finite
-    angle = 2.0 * np.pi * u[m:]
-    z = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
-    return torch.from_numpy(z * std).float().reshape(shape)
-
-
-def secure_poisson_mask(n: int, rate: float) -> torch.Tensor:
-    """Each of n samples included independently with probability ``rate``."""
-    return torch.from_numpy(secure_uniform(n) < rate)
 
 
 # ------------------------------------------------- per-sample gradients
@@ -203,7 +174,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
     for _ in range(config.epochs):
         model.train()
         for _ in range(steps_per_epoch):
-            mask = secure_poisson_mask(n, rate)
+            mask = torch.from_numpy(randomness.uniform(n) < rate)  # Poisson sampling
             summed = {k: torch.zeros_like(p) for k, p in params.items()}
             if mask.any():
                 _, g = per_sample_gradients(model, x[mask], y[mask])
@@ -212,7 +183,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
                     g = {k: v * factor.view(-1, *([1] * (v.dim() - 1))) for k, v in g.items()}
                 summed = {k: v.sum(0) for k, v in g.items()}
             for k, p in params.items():
-                noise = (secure_normal(p.shape, sigma * config.clip)
+                noise = (_noise(p.shape, sigma * config.clip)
                          if config.epsilon is not None else 0.0)
                 # divide by the expected batch size: the noisy sum's scale must not
                 # depend on the private realised batch size
@@ -232,15 +203,13 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
         scores = {"loss": torch.stack(losses).mean(0).numpy(),
                   "grad norm": torch.stack(norms).mean(0).numpy(),
                   "VoG": vog_scores(torch.stack(in_grads), y)}
-    acc = _accuracy(model, x_test, y_test) if x_test is not None else float("nan")
+    acc = accuracy(model, x_test, y_test) if x_test is not None else float("nan")
     eps = accountant.get_epsilon(config.delta, alphas=ALPHAS) if config.epsilon is not None else None
     return TrainResult(scores, acc, eps, sigma, steps)
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    return float((model(x).argmax(1) == y).float().mean())
+def _noise(shape: torch.Size, std: float) -> torch.Tensor:
+    return torch.from_numpy(randomness.normal(tuple(shape), std)).float()
 
 
 def _snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 512
@@ -295,7 +264,7 @@ def release_client_value(scores: np.ndarray, cutoff: float, bound: float, epsilo
     accountant.step(noise_multiplier=z, sample_rate=1.0)
     spent = accountant.get_epsilon(delta, alphas=ALPHAS)
     sigma = z * math.sqrt(3.0)
-    noise = secure_normal((3,), sigma).double().numpy()
+    noise = randomness.normal(3, sigma)
     total = (s.sum() / bound + noise[0]) * bound
     count, above = len(s) + noise[1], (s > cutoff).sum() + noise[2]
     return ClientRelease(float(total / max(count, 1.0)), float(above), float(count),
@@ -339,202 +308,3 @@ def corrupt_digits(fraction: float = 0.05, seed: int = 0) -> Corrupted:
     atypical[atyp_idx.numpy()] = True
     return Corrupted(Split(x, y, split.x_test, split.y_test, split.num_classes), flipped,
                      atypical)
-
-
-@dataclass(frozen=True)
-class ValuationSettings:
-    epochs: int = 15
-    keep_fraction: float = 0.9
-    owners: int = 5
-    release_epsilon: float = 1.0
-    repeats: int = 1          # retrainings per selected subset (mean reported)
-
-
-QUICK = ValuationSettings()
-FULL = ValuationSettings(epochs=30, repeats=3)
-REGIMES: tuple[tuple[str, float | None], ...] = (("no DP", None), ("eps=8", 8.0),
-                                                 ("eps=1", 1.0))
-
-
-def evaluate(settings: ValuationSettings, seed: int = 0, plot_path: str | None = None
-             ) -> dict:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    data = corrupt_digits(seed=seed)
-    s = data.split
-    n = len(s.y_train)
-    keep = round(settings.keep_fraction * n)
-    out: dict = {"detect": [], "select": [], "clients": [], "n": n, "keep": keep}
-    cols = (TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn())
-    with Progress(*cols) as bar:
-        for regime, eps in REGIMES:
-            cfg = TrainConfig(epochs=settings.epochs, epsilon=eps)
-            torch.manual_seed(seed)
-            model = valuation_mlp(s.input_shape, s.num_classes)
-            task = bar.add_task(f"score   {regime}", total=cfg.epochs)
-            res = train(model, s.x_train, s.y_train, cfg, s.x_test, s.y_test,
-                        progress=lambda k, t=task: bar.advance(t, k))
-            for name, sc in res.scores.items():
-                out["detect"].append({
-                    "regime": regime, "score": name, "epsilon": res.epsilon,
-                    "test_acc": res.test_accuracy,
-                    "p@k flipped": precision_at_k(sc, data.flipped, int(data.flipped.sum())),
-                    "p@k atypical": precision_at_k(sc, data.atypical, int(data.atypical.sum())),
-                    "p@k either": precision_at_k(sc, data.flipped | data.atypical,
-                                                 int((data.flipped | data.atypical).sum()))})
-            # selection: keep the samples each score ranks as most typical (lowest)
-            rng = np.random.default_rng(seed)
-            subsets = {name: np.argsort(sc, kind="stable")[:keep]
-                       for name, sc in res.scores.items()}
-            subsets["random"] = rng.permutation(n)[:keep]
-            subsets["all data"] = np.arange(n)
-            subsets["clean only (oracle)"] = np.flatnonzero(~(data.flipped | data.atypical))
-            for name, idx in subsets.items():
-                task = bar.add_task(f"select  {regime} {name}",
-                                    total=cfg.epochs * settings.repeats)
-                accs, spent = [], None
-                for r in range(settings.repeats):  # DP runs vary: average a few
-                    torch.manual_seed(seed + r)
-                    m = valuation_mlp(s.input_shape, s.num_classes)
-                    sel = train(m, s.x_train[idx], s.y_train[idx], cfg, s.x_test, s.y_test,
-                                score=False, progress=lambda k, t=task: bar.advance(t, k))
-                    accs.append(sel.test_accuracy)
-                    spent = sel.epsilon
-                out["select"].append({"regime": regime, "subset": name, "size": len(idx),
-                                      "bad kept": int((data.flipped | data.atypical)[idx].sum()),
-                                      "test_acc": float(np.mean(accs)),
-                                      "acc_std": float(np.std(accs)), "repeats": len(accs),
-                                      "epsilon": spent})
-            out["clients"] += _client_table(res.scores["loss"], data, settings, regime, seed)
-    if plot_path:
-        save_plot(out, plot_path)
-    return out
-
-
-def _client_table(loss: np.ndarray, data: Corrupted, settings: ValuationSettings, regime: str,
-                  seed: int) -> list[dict]:
-    """Owners hold equal shares of clean data; the flipped samples go to them
-    in proportion 0 : 1 : 2 : ... so the owners differ in data quality."""
-    rng = np.random.default_rng(seed)
-    bad = np.flatnonzero(data.flipped)
-    good = rng.permutation(np.flatnonzero(~data.flipped))
-    weights = np.arange(settings.owners, dtype=float)
-    cuts = np.concatenate([[0], np.cumsum(np.round(weights / weights.sum() * len(bad)))])
-    cuts[-1] = len(bad)
-    rows = []
-    for o, clean in enumerate(np.array_split(good, settings.owners)):
-        mine = np.concatenate([clean, bad[int(cuts[o]):int(cuts[o + 1])]])
-        # public cut-off: ln(10), the loss of a uniform guess over the 10 classes
-        rel = release_client_value(loss[mine], cutoff=math.log(10), bound=LOSS_BOUND,
-                                   epsilon=settings.release_epsilon)
-        rows.append({"regime": regime, "owner": o, "samples": len(mine),
-                     "flipped": int(data.flipped[mine].sum()),
-                     "true mean": float(np.clip(loss[mine], -LOSS_BOUND, LOSS_BOUND).mean()),
-                     "noisy mean": rel.mean_score,
-                     "true above": int((loss[mine] > math.log(10)).sum()),
-                     "noisy above": rel.count_above, "epsilon": rel.epsilon,
-                     "sigma": rel.sigma})
-    return rows
-
-
-def save_plot(out: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    regimes = [r for r, _ in REGIMES]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    width = 0.25
-    for ax, col in zip(axes[:2], ("p@k flipped", "p@k atypical"), strict=True):
-        for j, name in enumerate(SCORES):
-            vals = [next(d[col] for d in out["detect"] if d["regime"] == r and d["score"] == name)
-                    for r in regimes]
-            ax.bar(np.arange(len(regimes)) + (j - 1) * width, vals, width, label=name)
-        ax.axhline(0.05, color="grey", ls=":", lw=1, label="random")
-        ax.set_xticks(range(len(regimes)), regimes)
-        ax.set_ylim(0, 1)
-        ax.set_title(f"precision@k: {col.split()[1]} samples")
-    names = [*SCORES, "random", "all data", "clean only (oracle)"]
-    w = 0.8 / len(names)
-    for j, name in enumerate(names):
-        rows = [next(d for d in out["select"] if d["regime"] == r and d["subset"] == name)
-                for r in regimes]
-        axes[2].bar(np.arange(len(regimes)) + (j - (len(names) - 1) / 2) * w,
-                    [d["test_acc"] for d in rows], w, yerr=[d["acc_std"] for d in rows],
-                    label=name, capsize=1.5)
-    axes[2].set_xticks(range(len(regimes)), regimes)
-    lo = min(d["test_acc"] for d in out["select"])
-    axes[2].set_ylim(max(0.0, lo - 0.05), 1)
-    axes[2].set_title(f"test accuracy, train on kept {out['keep']}/{out['n']}")
-    axes[0].legend(fontsize=7)
-    axes[2].legend(fontsize=6, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def print_tables(out: dict, title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console(width=max(Console().width, 120))  # files/pipes: no 80-column cut
-    t = Table(title=f"{title}: finding corrupted samples (precision@k, k = #positives)")
-    for c in ("regime", "epsilon", "test acc", "score", "p@k flipped", "p@k atypical",
-              "p@k either"):
-        t.add_column(c)
-    for d in out["detect"]:
-        eps = "-" if d["epsilon"] is None else f"{d['epsilon']:.2f}"
-        t.add_row(d["regime"], eps, f"{d['test_acc']:.3f}", d["score"],
-                  f"{d['p@k flipped']:.2f}", f"{d['p@k atypical']:.2f}",
-                  f"{d['p@k either']:.2f}")
-    con.print(t)
-    t = Table(title=f"selection: keep {out['keep']} of {out['n']} (lowest score), retrain")
-    for c in ("regime", "subset", "size", "bad kept", "test acc (mean ± std)", "runs",
-              "epsilon"):
-        t.add_column(c)
-    for d in out["select"]:
-        eps = "-" if d["epsilon"] is None else f"{d['epsilon']:.2f}"
-        t.add_row(d["regime"], d["subset"], str(d["size"]), str(d["bad kept"]),
-                  f"{d['test_acc']:.3f} ± {d['acc_std']:.3f}", str(d["repeats"]), eps)
-    con.print(t)
-    t = Table(title="client-level value: per-owner noisy release of the loss score")
-    for c in ("regime", "owner", "samples", "flipped", "true mean", "noisy mean",
-              "true above ln10", "noisy above", "release eps", "sigma"):
-        t.add_column(c)
-    for d in out["clients"]:
-        t.add_row(d["regime"], str(d["owner"]), str(d["samples"]), str(d["flipped"]),
-                  f"{d['true mean']:.3f}", f"{d['noisy mean']:.3f}", str(d["true above"]),
-                  f"{d['noisy above']:.1f}", f"{d['epsilon']:.2f}", f"{d['sigma']:.1f}")
-    con.print(t)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m protocols.valuation")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    ev = sub.add_parser("evaluate", help="score, detect, select; print tables, write a PNG")
-    ev.add_argument("--quick", action="store_true", help="quick settings (default: full)")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--plot", default="results/valuation_scores.png")
-    ev.add_argument("--json", default=None, help="also write the results as JSON here")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # oversubscribed threads are far slower on a shared 2-core box
-    t0 = time.time()
-    out = evaluate(QUICK if args.quick else FULL, seed=args.seed, plot_path=args.plot)
-    print_tables(out, f"{'quick' if args.quick else 'full'} settings, seed {args.seed}, "
-                      f"{time.time() - t0:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The one source of randomness for secrets and DP noise: the OS (``os.urandom``).
+
+Every key, mask, share, seed and noise draw in Confidant comes through here,
+never from numpy's or torch's default generators (which are predictable from
+a few outputs, and shared across forked processes). Seeded generators exist
+only for reproducible *public* choices (data splits, model initialisation)
+and live with the code that makes those choices.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import numpy as np
+
+
+def token_bytes(n: int) -> bytes:
+    """``n`` random bytes (keys, seeds, nonces, tags)."""
+    return secrets.token_bytes(n)
+
+
+def token_urlsafe(n: int) -> str:
+    """A random text token of ``n`` bytes (passwords)."""
+    return secrets.token_urlsafe(n)
+
+
+def randbits(k: int) -> int:
+    return secrets.randbits(k)
+
+
+def ring(shape: tuple[int, ...] | int) -> np.ndarray:
+    """Uniform uint64 array: elements of Z_2^64 (masks, additive shares)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return np.frombuffer(os.urandom(8 * count), dtype=np.uint64).reshape(shape).copy()
+
+
+def uniform(n: int) -> np.ndarray:
+    """``n`` doubles uniform in [0, 1), 53 random bits each."""
+    return (ring(n) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def normal(shape: tuple[int, ...] | int, std: float = 1.0) -> np.ndarray:
+    """Gaussian draws (Box-Muller over :func:`uniform`), float64.
+
+    Like Opacus without secure_mode, not hardened against floating-point
+    attacks on the Gaussian mechanism (Mironov 2012); SECURITY.md says so.
+    """
+    shape = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    m = (n + 1) // 2
+    u = uniform(2 * m)
+    radius = np.sqrt(-2.0 * np.log1p(-u[:m]))  # 1 - u in (0, 1]: the log is finite
+    angle = 2.0 * np.pi * u[m:]
+    z = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
+    return (z * std).reshape(shape)
+
+
+def generator() -> np.random.Generator:
+    """A fresh numpy Generator seeded with 256 bits from the OS, for bulk draws
+    (masks over 10^5 slots, dither) where numpy's distributions are needed.
+    Never reuse one across a fork: take a new one per use."""
+    return np.random.Generator(np.random.PCG64(secrets.randbits(256)))

@@ -1,0 +1,14 @@
+"""Two-party computation with CrypTen, over a :class:`mpc.channel.Channel`.
+
+One job per module: :mod:`.shims` (the only code touching CrypTen internals),
+:mod:`.communicator` (CrypTen's messages over a Channel), :mod:`.dealer`
+(correlated randomness from a third party), :mod:`.provider` (CrypTen's side of
+the dealer), :mod:`.session` (a 2PC between two named parties).
+"""
+
+from .communicator import TwoPartyError
+from .dealer import serve_dealer
+from .session import TwoParty, argmax_onehot, onehot_argmax_share, share_of, tensor_from_shares
+
+__all__ = ["TwoParty", "TwoPartyError", "argmax_onehot", "onehot_argmax_share", "serve_dealer",
+           "share_of", "tensor_from_shares"]

@@ -1,0 +1,130 @@
+"""The dealer of correlated randomness: Beaver triples and the other tuples a
+2PC needs, drawn from the OS random source (:mod:`mpc.randomness`), served by a
+role that takes no other part in the 2PC (instead of CrypTen's trusted-first-party
+provider, whose party 0 knows every triple). Trust assumption (SECURITY.md): the
+dealer does not collude with either party.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import randomness
+from ..channel import Channel
+from .communicator import TwoPartyError
+from .shims import count_wraps
+
+_TRIPLE_OPS = {"mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"}
+
+
+def _random_long(shape) -> torch.Tensor:
+    return torch.from_numpy(randomness.ring(tuple(shape)).view(np.int64))
+
+
+def _split_arith(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    s0 = _random_long(x.shape)
+    return s0.numpy(), (x - s0).numpy()
+
+
+def _split_binary(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    s0 = _random_long(x.shape)
+    return s0.numpy(), (x ^ s0).numpy()
+
+
+def _make_tuple(req: dict) -> list[list[np.ndarray]]:
+    """Correlated randomness for one request: per party, a list of share arrays."""
+    fn = req.get("fn")
+    if fn == "generate_additive_triple":
+        if req.get("op") not in _TRIPLE_OPS:
+            raise TwoPartyError(f"dealer refuses triple op {req.get('op')!r}")
+        a, b = _random_long(req["size0"]), _random_long(req["size1"])
+        c = getattr(torch, req["op"])(a, b, *req.get("args", []), **req.get("kwargs", {}))
+        parts = [_split_arith(a), _split_arith(b), _split_arith(c)]
+    elif fn == "square":
+        r = _random_long(req["size"])
+        parts = [_split_arith(r), _split_arith(r * r)]
+    elif fn == "generate_binary_triple":
+        a, b = _random_long(req["size0"]), _random_long(req["size1"])
+        parts = [_split_binary(a), _split_binary(b), _split_binary(a & b)]
+    elif fn == "wrap_rng":
+        r0, r1 = _random_long(req["size"]), _random_long(req["size"])
+        theta = count_wraps([r0, r1])
+        parts = [(r0.numpy(), r1.numpy()), _split_arith(theta)]
+    elif fn == "B2A_rng":
+        bit = _random_long(req["size"]) & 1
+        parts = [_split_arith(bit), _split_binary(bit)]
+    else:
+        raise TwoPartyError(f"dealer got an unknown request {fn!r}")
+    return [[p[0] for p in parts], [p[1] for p in parts]]
+
+
+# The dealer answers a whole plan in one message up to this many bytes of shares.
+PLAN_MAX_BYTES = 16 * 2**20
+PLAN_MAX_REQUESTS = 100_000
+
+
+def _serve_plan(a: dict, b: dict) -> list[list[list[np.ndarray]]] | None:
+    """Both parties' shares for every request of a plan they both announced, or None
+    (the plans differ, are malformed or too large: the parties then ask one by one)."""
+    plan = a.get("reqs")
+    if plan != b.get("reqs") or not isinstance(plan, list) or not 0 < len(plan) <= PLAN_MAX_REQUESTS:
+        return None
+    out: list[list[list[np.ndarray]]] = [[], []]
+    size = 0
+    for req in plan:
+        if not isinstance(req, dict):
+            return None
+        shares = _make_tuple(req)
+        size += sum(x.nbytes for x in shares[0])
+        if size > PLAN_MAX_BYTES:
+            return None
+        out[0].append(shares[0])
+        out[1].append(shares[1])
+    return out
+
+
+async def serve_dealer(channel: Channel, parties: tuple[str, str], prefix: str = "mpc",
+                       timeout: float | None = 60.0, tag: str = "") -> int:
+    """Serve correlated randomness to one 2PC session until both parties say done.
+
+    Both parties send the same request stream; the dealer answers a request only
+    when both agree on it, and sends each party only its own shares. Requests
+    carry the session's ``tag``; leftovers of an earlier session that was cut
+    short (a party died mid-2PC) are skipped. Returns the number of requests served.
+
+    A party that has run the same computation before may announce its whole
+    request sequence at once (a *plan*, see :class:`DealerProvider`); when both
+    announce the same plan the dealer answers it in one message per party, and
+    otherwise refuses it, after which the parties ask one request at a time.
+    """
+    kind = f"{prefix}.tuple"
+
+    async def next_request(p: str) -> dict:
+        req = await channel.recv(p, f"{prefix}.tuple_req", timeout)
+        while req.get("tag", "") != tag:  # stale: from an aborted session
+            req = await channel.recv(p, f"{prefix}.tuple_req", timeout)
+        return req
+
+    served = 0
+    while True:
+        reqs = [await next_request(p) for p in parties]
+        planned = [r.get("fn") == "plan" for r in reqs]
+        if all(planned) and (shares := _serve_plan(reqs[0], reqs[1])) is not None:
+            for party, mine in zip(parties, shares, strict=True):
+                await channel.send(party, kind, {"plan": mine})
+            served += len(shares[0])
+            continue
+        for i, p in enumerate(parties):
+            if planned[i]:
+                await channel.send(p, kind, {"refused": "the other party has no matching plan"})
+                reqs[i] = await next_request(p)
+        if reqs[0] != reqs[1]:
+            raise TwoPartyError(f"2PC parties {parties[0]!r} and {parties[1]!r} asked the dealer "
+                                "for different tuples; their computations diverged")
+        if reqs[0].get("fn") == "done":
+            return served
+        shares = _make_tuple(reqs[0])
+        for party, mine in zip(parties, shares, strict=True):
+            await channel.send(party, kind, mine)
+        served += 1

@@ -1,0 +1,124 @@
+"""CrypTen 0.4.1 on current PyTorch: the ONE module that touches CrypTen internals.
+
+* Import shim: CrypTen imports ``torch.onnx._internal.registration``, which
+  moved in recent PyTorch; it is aliased before CrypTen is imported.
+* Thread-local CrypTen state: CrypTen keeps a process-global communicator,
+  tuple provider, RNG generators and config. All four are routed through a
+  thread-local (:data:`local`), so several CrypTen parties can run as threads
+  of one process (tests, the in-memory runner) and a 2PC never touches
+  another one's state.
+
+Every other module of :mod:`mpc.twopc` imports CrypTen through this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+import threading
+
+_OLD_ONNX = "torch.onnx._internal.registration"
+if _OLD_ONNX not in sys.modules:
+    try:
+        importlib.import_module(_OLD_ONNX)
+    except ImportError:
+        sys.modules[_OLD_ONNX] = importlib.import_module(
+            "torch.onnx._internal.torchscript_exporter.registration")
+
+import crypten  # noqa: E402
+import crypten.communicator as _crypten_comm  # noqa: E402
+import crypten.mpc as _crypten_mpc  # noqa: E402
+from crypten.common.util import count_wraps  # noqa: E402
+from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor  # noqa: E402
+from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402  (CrypTen's config library)
+
+__all__ = ["ArithmeticSharedTensor", "BinarySharedTensor", "Communicator", "MPCTensor",
+           "TupleProvider", "count_wraps", "crypten", "local", "new_session_seeds"]
+
+MPCTensor = crypten.mpc.MPCTensor
+Communicator = _crypten_comm.Communicator
+
+local = threading.local()
+
+
+def _current_comm():
+    comm = getattr(local, "comm", None)
+    if comm is None:
+        raise RuntimeError("no CrypTen 2PC is running in this thread; use mpc.twopc.TwoParty")
+    return comm
+
+
+def _current_provider():
+    provider = getattr(local, "provider", None)
+    if provider is None:
+        raise RuntimeError("no CrypTen 2PC is running in this thread; use mpc.twopc.TwoParty")
+    return provider
+
+
+class _ThreadLocalGenerators:
+    """Stands in for one of ``crypten.generators``' per-device dicts."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def _dict(self) -> dict:
+        gens = getattr(local, "generators", None)
+        if gens is None:
+            gens = local.generators = {k: {} for k in ("prev", "next", "local", "global")}
+        return gens[self.key]
+
+    def __getitem__(self, device):
+        return self._dict()[device]
+
+    def __setitem__(self, device, generator) -> None:
+        self._dict()[device] = generator
+
+    def keys(self):
+        return self._dict().keys()
+
+
+_crypten_comm.get = _current_comm
+_crypten_comm.is_initialized = lambda: getattr(local, "comm", None) is not None
+_crypten_mpc.get_default_provider = _current_provider
+for _key in list(crypten.generators):
+    crypten.generators[_key] = _ThreadLocalGenerators(_key)
+
+
+# CrypTen switches its global config inside computations (e.g. argmax runs parts
+# with cfg.temp_override({"functions.max_method": "pairwise"})). With two parties
+# as threads of one process, one party would see the other's override and run a
+# different algorithm, and the 2PC would diverge. Overrides become per thread.
+def _cfg_get(self):
+    override = getattr(local, "cfg_override", None)
+    return override if override is not None else self.__dict__["_confidant_config"]
+
+
+def _cfg_set(self, value) -> None:
+    self.__dict__["_confidant_config"] = value
+
+
+@contextlib.contextmanager
+def _cfg_temp_override(self, override_dict):
+    old = getattr(local, "cfg_override", None)
+    update = OmegaConf.from_dotlist([f"{k}={v}" for k, v in override_dict.items()])
+    local.cfg_override = OmegaConf.merge(self.config, update)
+    try:
+        yield
+    finally:
+        local.cfg_override = old
+
+
+_CfgClass = type(crypten.cfg)
+if not isinstance(_CfgClass.__dict__.get("config"), property):
+    crypten.cfg.__dict__["_confidant_config"] = crypten.cfg.__dict__.pop("config")
+    _CfgClass.config = property(_cfg_get, _cfg_set)
+    _CfgClass.temp_override = _cfg_temp_override
+
+
+def new_session_seeds() -> None:
+    """Fresh pairwise-zero-sharing seeds for the 2PC running in this thread,
+    exchanged with the peer over its communicator; CrypTen draws them from
+    os.urandom (then expands them with torch's generator: SECURITY.md)."""
+    crypten._setup_prng()

@@ -1,0 +1,34 @@
+"""mpc/randomness.py: the one source of secrets and DP noise."""
+
+import numpy as np
+from scipy import stats
+
+from mpc import randomness
+
+
+def test_normal_has_the_asked_moments_and_never_repeats():
+    z = randomness.normal((200_000,), std=2.0)
+    assert z.shape == (200_000,) and z.dtype == np.float64
+    assert abs(z.mean()) < 0.03 and abs(z.std() - 2.0) < 0.03
+    assert stats.kstest(z / 2.0, "norm").pvalue > 1e-4
+    assert not np.array_equal(randomness.normal(8), randomness.normal(8))
+    assert randomness.normal((3, 5)).shape == (3, 5)
+
+
+def test_uniform_is_uniform_on_unit_interval():
+    u = randomness.uniform(100_000)
+    assert u.min() >= 0.0 and u.max() < 1.0
+    assert stats.kstest(u, "uniform").pvalue > 1e-4
+
+
+def test_ring_elements_fill_every_bit():
+    r = randomness.ring((1000, 8))
+    assert r.dtype == np.uint64 and r.shape == (1000, 8)
+    bits = np.unpackbits(r.view(np.uint8)).mean()
+    assert abs(bits - 0.5) < 0.01
+
+
+def test_generators_are_independent():
+    a, b = randomness.generator().integers(0, 2**63, 4), randomness.generator().integers(0, 2**63, 4)
+    assert not np.array_equal(a, b)
+    assert randomness.token_bytes(32) != randomness.token_bytes(32)
