@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from learning import attacks as A
 from learning.datasets import load_digit_images
 from learning.precode import insert_bottleneck, mlp
-from protocols import attacks as A
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

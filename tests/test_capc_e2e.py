@@ -11,7 +11,7 @@ from pathlib import Path
 import aiomqtt
 import numpy as np
 
-from learning.models import party_data
+from learning.datasets import party_data
 from mpc import encoding
 from parties.audit import audit_run
 from parties.broker import EmbeddedBroker

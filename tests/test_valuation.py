@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protocols import valuation as V
+from learning import valuation as V
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
