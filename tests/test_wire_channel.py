@@ -88,3 +88,17 @@ async def test_in_memory_channel_errors():
         await a.recv("b", "t.x")
     with pytest.raises(ValueError, match="unique"):
         InMemoryNetwork(["a", "a"])
+
+
+async def test_in_memory_channel_enforces_conformance_rules():
+    from mpc.channel import Conformance, InMemoryNetwork, RuleViolation
+    roles = {"a": "qp", "b": "ap"}
+    net = InMemoryNetwork(list(roles))
+    for name in roles:
+        net.channel(name).conformance = Conformance("capc", {("qp", "ap", "query")}, roles)
+    await net.channel("a").send("b", "capc.query", 1)
+    assert await net.channel("b").recv("a", "capc.query", 5) == 1
+    with pytest.raises(RuleViolation, match="does not let a 'ap'"):
+        await net.channel("b").send("a", "capc.query", 2)
+    with pytest.raises(RuleViolation, match="not a message of protocol"):
+        await net.channel("a").send("b", "other.query", 2)
