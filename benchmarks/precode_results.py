@@ -10,7 +10,6 @@ Torch is seeded explicitly so runs repeat: nothing here is a secret.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from learning.datasets import Split, load_digit_images, synthetic_images
 from learning.precode import insert_bottleneck, mlp, precode_loss, small_cnn
 from learning.training import accuracy, train
 
-from .results_io import one_torch_thread, write_json
+from .results_io import run_and_report
 
 
 @dataclass(frozen=True)
@@ -181,16 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", default="results/precode_grid.png", help="PNG output path")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
-    settings = QUICK if args.quick else FULL
-    t0 = time.time()
-    with one_torch_thread():
-        rows = evaluate(settings, seed=args.seed, grid_path=args.grid, quick=args.quick,
-                        data=tuple(args.data))
-    print_table(rows, f"PRECODE vs gradient inversion ({'quick' if args.quick else 'full'}"
-                      f" settings, seed {args.seed}, {time.time() - t0:.0f} s)")
-    write_json(rows, args.json)
-    return 0
-
+    mode = "quick" if args.quick else "full"
+    return run_and_report(
+        lambda: evaluate(QUICK if args.quick else FULL, seed=args.seed, grid_path=args.grid,
+                         quick=args.quick, data=tuple(args.data)),
+        lambda rows, secs: print_table(rows, f"PRECODE vs gradient inversion ({mode} settings, "
+                                             f"seed {args.seed}, {secs:.0f} s)"),
+        args.json)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 
@@ -26,3 +27,18 @@ def write_json(rows: Any, path: str | None) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+T = TypeVar("T")
+
+
+def run_and_report(run: Callable[[], T], report: Callable[[T, float], None],
+                   json_path: str | None) -> int:
+    """Run an experiment on one torch thread, report it with its duration in seconds,
+    and write its rows as JSON; the exit code of a result script."""
+    t0 = time.time()
+    with one_torch_thread():
+        out = run()
+    report(out, time.time() - t0)
+    write_json(out, json_path)
+    return 0

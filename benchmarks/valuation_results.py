@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +29,7 @@ from learning.valuation import (
     valuation_mlp,
 )
 
-from .results_io import one_torch_thread, write_json
+from .results_io import run_and_report
 
 
 @dataclass(frozen=True)
@@ -216,14 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", default="results/valuation_scores.png")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    t0 = time.time()
-    with one_torch_thread():
-        out = evaluate(QUICK if args.quick else FULL, seed=args.seed, plot_path=args.plot)
-    print_tables(out, f"{'quick' if args.quick else 'full'} settings, seed {args.seed}, "
-                      f"{time.time() - t0:.0f} s")
-    write_json(out, args.json)
-    return 0
-
+    mode = "quick" if args.quick else "full"
+    return run_and_report(
+        lambda: evaluate(QUICK if args.quick else FULL, seed=args.seed, plot_path=args.plot),
+        lambda out, secs: print_tables(out, f"{mode} settings, seed {args.seed}, {secs:.0f} s"),
+        args.json)
 
 if __name__ == "__main__":
     raise SystemExit(main())
