@@ -38,7 +38,7 @@ from typing import Any
 from numpy.typing import ArrayLike
 
 from privacy.budget import BadEntry, BudgetError, Decision, PrivacyBudget
-from privacy.pate import DEFAULT_ORDERS, Conversion, PateAccountant
+from privacy.pate import DEFAULT_ORDERS, Conversion
 
 __all__ = ["BudgetLedger", "Decision", "LedgerCorrupted", "LedgerError", "LedgerExists",
            "LedgerLocked", "LedgerNotFound", "LedgerTruncated", "LedgerUsageError"]
@@ -178,11 +178,6 @@ class BudgetLedger(PrivacyBudget):
             raise
         except BudgetError as exc:
             raise LedgerUsageError(str(exc)) from None
-
-    @property
-    def accountant(self) -> PateAccountant:
-        """A copy of the accountant of settled queries (excludes unsettled)."""
-        return super().accountant
 
     # ------------------------------------------------------------ persistence
     def _record(self, body: dict[str, Any]) -> int:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -97,10 +96,6 @@ class FLConfig(Params):
              "lr, scale, alpha and timeout must be > 0"),
         ]
         return [msg for ok, msg in checks if not ok]
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> FLConfig:
-        return cls.from_dict(params)
 
 
 Params = FLConfig
@@ -213,7 +208,7 @@ def _secret_state(ctx: RoleContext) -> tuple[bytes, bytes, HashCombParams]:
 
 
 async def owner(ctx: RoleContext) -> RoleResult:
-    cfg = FLConfig.from_params(ctx.params)
+    cfg = FLConfig.from_dict(ctx.params)
     owners = ctx.with_role("owner")
     aggregator = ctx.one_with_role("aggregator")
     index = owners.index(ctx.me)
@@ -302,7 +297,7 @@ async def _abort(ctx: RoleContext, owners: list[str], step: str, r: int, message
 
 
 async def aggregator(ctx: RoleContext) -> RoleResult:
-    cfg = FLConfig.from_params(ctx.params)
+    cfg = FLConfig.from_dict(ctx.params)
     owners = ctx.with_role("owner")
     hashcomb = cfg.encoding == "hashcomb"
     step_in, step_out = ("tokens", "aggregate") if hashcomb else ("floats", "mean")

@@ -123,6 +123,7 @@ def test_killed_party_is_named_within_seconds(kind, broker_factory):
     for name, rec in results.items():
         assert rec["exit"] == 1 and not rec["ok"]
         assert "party 'p2' went offline" in rec["error"], (name, rec["error"])
+        assert rec["fault"] == "peer:p2"
     s.procs["p2"].wait()
     assert all(_gone(p.pid) for p in s.procs.values()), "a party process was left behind"
 

@@ -118,7 +118,7 @@ def test_decoded_aggregate_is_mean_of_quantized_updates(states):
     mean = hc.decode_histogram(agg)
     np.testing.assert_allclose(mean, quantized.mean(0), rtol=0, atol=4 * np.spacing(0.36))
     # and that, divided by the scale, is exactly what every owner applied to the model
-    fl = FLConfig.from_params(cfg)
+    fl = FLConfig.from_dict(cfg)
     init = get_flat(make_model(fl, 64, 10))
     applied = init + (mean / fl.scale).astype(np.float32)
     for o in OWNERS:
@@ -191,7 +191,7 @@ def test_bad_parameters_raise_parameter_error():
     for params in ({"encoding": "zip"}, {"rounds": 0}, {"lr": -1}, {"dataset": "mnist"},
                    {"round": 3}, {"rounds": "many"}):
         with pytest.raises(ParameterError, match="^hcfl: "):
-            FLConfig.from_params(params)
+            FLConfig.from_dict(params)
 
 
 def test_stochastic_rounding_is_unbiased_and_nearest_is_not():

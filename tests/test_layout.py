@@ -138,7 +138,7 @@ def test_protocols_hold_role_code_only():
     assert not found, "\n".join(found)
 
 
-def test_the_grep_sees_a_violation(tmp_path):
+def test_the_grep_sees_a_violation():
     """The check above can fail: the same patterns catch what they are meant to."""
     lines = ["torch.set_num_threads(1)", "from parties.ledger import BudgetLedger",
              "open('x.json', 'w')", "fig.savefig(p)"]

@@ -387,3 +387,13 @@ def test_run_parties_simulation_and_ctrl_c(tmp_path):
     assert proc.returncode == 130, out
     assert "every party process was stopped" in out and "Traceback" not in out
     assert _processes_mentioning(str(slow)) == []
+
+
+def test_a_failure_says_whose_fault_it_is():
+    from mpc.channel import PeerGone
+    from parties.party import fault_of
+    from protocols import InternalError, ParameterError, PeerMisbehaved
+    assert fault_of(ParameterError("queries must be at least 1")) == "local"
+    assert fault_of(PeerMisbehaved("ap2", "sent a malformed vote share")) == "peer:ap2"
+    assert fault_of(PeerGone("dealer")) == "peer:dealer"
+    assert fault_of(InternalError("bug")) == "internal"
