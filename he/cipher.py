@@ -14,17 +14,19 @@ Two packings (chosen by `encrypt`, packing="auto"):
 
 from __future__ import annotations
 
+import math
+
 import msgpack
 import numpy as np
 import torch
 from tenseal import sealapi as seal
 
-from he import seal_io, single
+from he import seal_io, share, single
 from he.errors import ContextMismatchError, HEError, SerializationError, ShapeError
 from he.keys import Keys, PublicContext
 from he.layers import pow2
 
-_VERSION = 2  # 2: shifted-copies single-query layout
+_VERSION = 3  # 2: shifted-copies single-query layout; 3: masked outputs say so
 PACKINGS = ("batch", "single")
 
 
@@ -63,11 +65,12 @@ class EncryptedBatch:
 
 
 class EncryptedOutput:
-    """Enc(f(x) - r): what the answering party returns."""
+    """What the answering party returns: Enc(f(x)), masked (see he/mask.py) or not."""
 
     def __init__(self, context: PublicContext, packing: str, batch: int, n_out: int,
-                 ciphertexts: list[seal.Ciphertext]) -> None:
+                 ciphertexts: list[seal.Ciphertext], masked: bool = True) -> None:
         self.context = context
+        self.masked = masked
         self.key_id = context.key_id
         self.packing = packing
         self.batch = batch
@@ -77,7 +80,7 @@ class EncryptedOutput:
     def serialize(self) -> bytes:
         return msgpack.packb({"v": _VERSION, "kind": "he-output", "key_id": self.key_id,
                               "packing": self.packing, "batch": self.batch, "n_out": self.n_out,
-                              "cts": [seal_io.to_bytes(c) for c in self.ciphertexts]},
+                              "masked": self.masked, "cts": [seal_io.to_bytes(c) for c in self.ciphertexts]},
                              use_bin_type=True)
 
     @classmethod
@@ -87,7 +90,8 @@ class EncryptedOutput:
         expected = int(d["n_out"]) if d["packing"] == "batch" else 1
         if d["packing"] not in PACKINGS or len(cts) != expected:
             raise SerializationError("encrypted output is inconsistent (packing/ciphertext count)")
-        return cls(context, d["packing"], int(d["batch"]), int(d["n_out"]), cts)
+        return cls(context, d["packing"], int(d["batch"]), int(d["n_out"]), cts,
+                   masked=bool(d.get("masked", True)))
 
 
 def _unpack(data: bytes, kind: str, context: PublicContext) -> dict:
@@ -149,22 +153,59 @@ def encrypt(keys: PublicContext, x: torch.Tensor, packing: str = "auto") -> Encr
     return enc
 
 
-def decrypt(keys: Keys, out: EncryptedOutput) -> torch.Tensor:
-    """Decrypt an answering party's output: float64 [batch, classes] = f(x) - r."""
+def _check_output(keys: Keys, out: EncryptedOutput) -> None:
     if not isinstance(keys, Keys):
-        raise HEError("decrypt needs the secret keys (he.Keys from he.keygen), not a public context")
+        raise HEError("decrypting needs the secret keys (he.Keys from he.keygen), not a public context")
     if not isinstance(out, EncryptedOutput):
-        raise HEError(f"decrypt takes an EncryptedOutput, got {type(out).__name__}")
+        raise HEError(f"decrypting takes an EncryptedOutput, got {type(out).__name__}")
     if out.key_id != keys.key_id:
         raise ContextMismatchError("this output was encrypted under another key; decrypt it with "
                                    "the keys whose public context the evaluator used")
+
+
+def _slots(out: EncryptedOutput) -> tuple[np.ndarray, bool]:
+    """Slots that hold results, and whether the result is [slot, ciphertext] (batch)."""
+    if out.packing == "batch":
+        return np.arange(out.batch), True
+    return np.arange(out.n_out), False
+
+
+def decrypt(keys: Keys, out: EncryptedOutput) -> torch.Tensor:
+    """Decrypt an unmasked output (evaluate(mask=False)): float64 [batch, classes] = f(x)."""
+    _check_output(keys, out)
+    if out.masked:
+        raise HEError("this output is masked: its decryption is uniformly random on its own. "
+                      "he.decrypt_share(keys, out) gives your share of f(x); the evaluator "
+                      "holds the other")
     vals = []
     for ct in out.ciphertexts:
         pt = seal.Plaintext()
         keys.decryptor.decrypt(ct, pt)
         vals.append(np.asarray(keys.encoder.decode_double(pt)))
-    if out.packing == "batch":
-        res = np.stack([v[: out.batch] for v in vals], axis=1)
-    else:
-        res = vals[0][: out.n_out][None, :]
+    slots, batch = _slots(out)
+    res = np.stack([v[slots] for v in vals], axis=1) if batch else vals[0][slots][None, :]
     return torch.from_numpy(res)
+
+
+def decrypt_share(keys: Keys, out: EncryptedOutput) -> np.ndarray:
+    """The key owner's additive share of f(x): uint64 [batch, classes] in Z_2^64, fixed point
+    at mpc.encoding.PRECISION_BITS; it adds up with the evaluator's share (he/share.py)."""
+    _check_output(keys, out)
+    residues = []
+    for ct in out.ciphertexts:
+        pt = seal.Plaintext()
+        keys.decryptor.decrypt(ct, pt)
+        residues.append(share.plaintext_residues(keys, pt))
+    moduli = share.primes(keys.seal, out.ciphertexts[0].parms_id())
+    coeffs = share.to_integers(np.stack(residues, axis=1), moduli)
+    slots, batch = _slots(out)
+    mine = share.slot_shares(coeffs, math.prod(moduli), out.ciphertexts[0].scale, slots)
+    return np.ascontiguousarray(mine.T if batch else mine)
+
+
+def reveal(keys: Keys, out: EncryptedOutput, evaluator_share: np.ndarray | None) -> torch.Tensor:
+    """f(x) for whoever holds both shares (tests, benchmarks, a model owner querying its own
+    model): float64 [batch, classes]. An unmasked output (share None) is just decrypted."""
+    if evaluator_share is None:
+        return decrypt(keys, out)
+    return torch.from_numpy(share.open_shares(decrypt_share(keys, out), evaluator_share))

@@ -8,11 +8,11 @@ share one scale, so SEAL's exact-scale checks on addition always pass.
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tenseal import sealapi as seal
 
 from he import batch, single
@@ -21,6 +21,7 @@ from he.cipher import EncryptedBatch, EncryptedOutput
 from he.errors import ContextMismatchError, DepthError, HEError, ShapeError
 from he.keys import PublicContext
 from he.params import OUTPUT_PRIMES
+from he.share import primes, slot_shares, to_integers
 
 if TYPE_CHECKING:
     from he.plan import Plan
@@ -236,8 +237,8 @@ def _affine_single_first(o: _Ops, v: seal.Ciphertext, step: Affine) -> seal.Ciph
     return acc
 
 
-def evaluate(plan: Plan, enc: EncryptedBatch, *, mask: bool = True, flood: float | None = None,
-             context: PublicContext | None = None) -> tuple[EncryptedOutput, torch.Tensor]:
+def evaluate(plan: Plan, enc: EncryptedBatch, *, mask: bool = True,
+             context: PublicContext | None = None) -> tuple[EncryptedOutput, np.ndarray | None]:
     if not isinstance(enc, EncryptedBatch):
         raise HEError(f"evaluate takes an he.EncryptedBatch, got {type(enc).__name__}")
     ctx = enc.context
@@ -280,20 +281,20 @@ def evaluate(plan: Plan, enc: EncryptedBatch, *, mask: bool = True, flood: float
             else:
                 cts = [o.activation(cts[0], step.beta)]
 
-    r_full = M.uniform_mask((len(cts), o.slots)) if mask else np.zeros((len(cts), o.slots))
-    for ct, r in zip(cts, r_full, strict=True):
+    for ct in cts:
         o.drop_to(ct, 0)
-        if mask:  # every slot: unused slots would otherwise reveal f(0) or padding
-            o.ev.sub_plain_inplace(ct, o.encode(r, ct, ct.scale))
-        if flood:
-            noise = seal.Plaintext()
-            o.ce.encode(M.gaussian_complex(o.slots, flood), ct.parms_id(), ct.scale, noise)
-            fresh = seal.Ciphertext()
-            ctx.encryptor.encrypt(noise, fresh)
-            o.ev.add_inplace(ct, fresh)
     if enc.packing == "batch":
-        r = r_full[:, : enc.batch].T
+        slots = np.arange(enc.batch)
     else:
-        r = r_full[:1, : plan.n_out]
-    out = EncryptedOutput(ctx, enc.packing, enc.batch, plan.n_out, cts)
-    return out, torch.from_numpy(np.ascontiguousarray(r))
+        slots = np.arange(plan.n_out)
+    out = EncryptedOutput(ctx, enc.packing, enc.batch, plan.n_out, cts, masked=mask)
+    if not mask:
+        return out, None
+    # Every slot of every output is masked: unused slots would otherwise reveal f(0),
+    # padding and evaluation noise.
+    u = np.stack([M.mask_and_rerandomize(ctx, ct) for ct in cts], axis=1)   # [limbs, cts, N]
+    moduli = primes(ctx.seal, cts[0].parms_id())
+    share = slot_shares(to_integers(u, moduli), math.prod(moduli), cts[0].scale, slots)
+    share = np.uint64(0) - share  # the AP holds -u
+    return out, np.ascontiguousarray(share.T if enc.packing == "batch" else share)
+

@@ -1,29 +1,43 @@
-"""Masks and noise from the OS random source.
+"""The answering party's mask: what makes its answer reveal nothing to the key owner.
 
-Mask: r uniform on [-R, R], R = 2**(LOGIT_BITS + HIDING_BITS). For logits with
-|f| <= 2**LOGIT_BITS the statistical distance between f - r and r is at most
-|f| / (2R) <= 2**-(HIDING_BITS + 1): HIDING_BITS bits of statistical hiding.
-Larger R is limited by the output modulus (params.py) and by float64 decoding:
-values near 2**32 keep ~2**-20 absolute precision.
+`mask_and_rerandomize(ctx, ct)` adds to the output ciphertext a fresh public-key
+encryption of a polynomial u whose coefficients are uniform modulo the output
+modulus Q0 (independently uniform residues per RNS prime, by the CRT):
+
+- the decryption becomes P + u mod Q0, uniform whatever P holds: every slot, real
+  and imaginary, used and unused, and the evaluation noise in P, which is a
+  function of the AP's weights (a uniform mask is noise flooding taken to the
+  whole ring: statistical distance 0, no noise bound needed);
+- the fresh encryption of zero (pk * v + e) makes the second component
+  pseudorandom under RLWE; without it c1 is a deterministic function of the
+  AP's weights and the QP's own ciphertexts.
+
+The AP keeps -u as its share (he/share.py turns it into shares of the logits).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from tenseal import sealapi as seal
 
-from he.params import HIDING_BITS, LOGIT_BITS
+from he import rns
+from he.keys import PublicContext
+from he.share import primes
 from mpc import randomness
 
-MASK_RANGE = float(2 ** (LOGIT_BITS + HIDING_BITS))
 
-
-def uniform_mask(shape: tuple[int, ...]) -> np.ndarray:
-    return randomness.generator().uniform(-MASK_RANGE, MASK_RANGE, size=shape)
-
-
-def gaussian_complex(n: int, std: float) -> list[complex]:
-    """n complex Gaussians whose real part has std `std`; encoded as CKKS slots they
-    give i.i.d. Gaussian polynomial coefficients (the canonical embedding is a
-    scaled unitary map), i.e. coefficient-domain flooding noise."""
-    g = randomness.generator().normal(0.0, std, size=(2, n))
-    return (g[0] + 1j * g[1]).tolist()
+def mask_and_rerandomize(ctx: PublicContext, ct: seal.Ciphertext) -> np.ndarray:
+    """Add Enc_pk(u) to `ct` in place; return u as coefficient residues uint64 [limbs, N]."""
+    moduli = primes(ctx.seal, ct.parms_id())
+    n = ct.poly_modulus_degree()
+    u = np.stack([randomness.below(p, n) for p in moduli])
+    fresh = seal.Ciphertext()
+    ctx.encryptor.encrypt_zero(ct.parms_id(), fresh)
+    ctx.evaluator.transform_from_ntt_inplace(fresh)
+    c0 = rns.view(fresh)[0]
+    for limb, p in enumerate(moduli):
+        c0[limb] = (c0[limb] + u[limb]) % np.uint64(p)  # both < p < 2^61: no overflow
+    ctx.evaluator.transform_to_ntt_inplace(fresh)
+    fresh.scale = ct.scale
+    ctx.evaluator.add_inplace(ct, fresh)
+    return u

@@ -2,8 +2,10 @@
 
 Coefficient modulus layout: [output primes] + [scale prime] * depth + [special prime].
 - The output primes are what remains after the last rescale. Their product Q0
-  bounds the decrypted values: |value| < Q0 / (2 * scale). It must hold the
-  masked logits f(x) - r, whose size is set by the statistical mask (mask.py).
+  bounds the decrypted values: |value| < Q0 / (2 * scale). The mask (mask.py) is
+  uniform modulo Q0 and hides perfectly whatever Q0 is; Q0 / scale >= 2^HEADROOM_BITS
+  keeps the masked sum from wrapping (a wrong vote, never a leak; share.py):
+  probability <= |f| / 2^HEADROOM_BITS per coefficient for logits |f|.
 - Each multiplicative level (one fused affine map, or one degree-2 activation)
   consumes one scale prime.
 - The special prime is used only for key switching (relinearization, rotations);
@@ -25,11 +27,7 @@ _OUTPUT_BITS = {8192: (30, 30), 16384: (40, 40), 32768: (50, 50)}
 OUTPUT_PRIMES = 2
 MIN_SCALE_BITS = 25  # below this CKKS rounding error reaches ~1e-3 on logits
 MAX_SCALE_BITS = 40
-# Statistical mask (see mask.py): logits assumed |f| <= 2**LOGIT_BITS, r uniform in
-# [-2**(LOGIT_BITS + HIDING_BITS), +...]; values must fit under Q0 / (2 * scale).
-LOGIT_BITS = 8
-HIDING_BITS = 24
-MASK_BITS = LOGIT_BITS + HIDING_BITS + 1
+HEADROOM_BITS = 34  # Q0 / scale: see the module docstring
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,7 @@ class Params:
 def _fit(n: int, depth: int) -> Params | None:
     out = _OUTPUT_BITS[n]
     max_bits = seal.CoeffModulus.MaxBitCount(n, seal.SEC_LEVEL_TYPE.TC128)
-    s_top = min(MAX_SCALE_BITS, sum(out) - 1 - MASK_BITS)
+    s_top = min(MAX_SCALE_BITS, sum(out) - HEADROOM_BITS)
     for s in range(s_top, MIN_SCALE_BITS - 1, -1):
         # Spare bits go to the special prime: key-switching noise (rotations of
         # ciphertexts at scale 2^s in single-query packing) shrinks as 1/P.

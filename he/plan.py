@@ -122,19 +122,19 @@ class Plan:
                 f"the key supports depth {ctx.params.depth} but this plan needs {self.depth}; "
                 f"the key owner must run he.keygen(depth={self.depth}) or keygen with this plan")
 
-    def evaluate(self, enc: EncryptedBatch, mask: bool = True, flood: float | None = None,
-                 context: PublicContext | None = None
-                 ) -> tuple[EncryptedOutput, torch.Tensor]:
-        """Evaluate on an encrypted batch; returns (Enc(f(x) - r), r).
+    def evaluate(self, enc: EncryptedBatch, mask: bool = True,
+                 context: PublicContext | None = None) -> tuple[EncryptedOutput, np.ndarray | None]:
+        """Evaluate on an encrypted batch; returns (output, the evaluator's share).
 
-        mask: add -r inside the encryption, r uniform from the OS random source
-            (see he/mask.py); r is float64 [batch, classes] and stays with the
-            evaluator. mask=False returns r = 0.
-        flood: standard deviation (in logit units) of Gaussian noise added in the
-            coefficient domain under a fresh encryption, to hide the evaluation
-            noise (circuit privacy); it adds that much error to the result.
+        mask=True (CaPC): the output is masked and re-randomized (he/mask.py); its
+            decryption is uniform, and he.decrypt_share gives the key owner a share
+            that adds up, modulo 2^64, with the evaluator's share (uint64
+            [batch, classes], fixed point at mpc.encoding.PRECISION_BITS) to f(x).
+        mask=False: the key owner decrypts f(x) with he.decrypt (share None). The
+            output then also carries the evaluation noise, a function of the model's
+            weights: use it only where the key owner may see the model.
         """
-        return evaluate(self, enc, mask=mask, flood=flood, context=context)
+        return evaluate(self, enc, mask=mask, context=context)
 
     def __repr__(self) -> str:
         body = ", ".join(f"{type(s).__name__}({s.source})" for s in self.steps)

@@ -67,6 +67,28 @@ def view(ct: seal.Ciphertext) -> np.ndarray:
     return arr
 
 
+# seal::Plaintext (SEAL 4.x): parms_id[4], coeff_count, scale, DynArray{pool (2 words),
+# capacity, size, data pointer}.
+_PT_COUNT, _PT_DYN_SIZE, _PT_DATA = 4, 9, 10
+
+
+def plain_view(pt: seal.Plaintext) -> np.ndarray:
+    """A plaintext's coefficients as a writable uint64 array [coeff_count] (no copy);
+    checked like `view`."""
+    count = pt.coeff_count()
+    obj = ctypes.c_void_p.from_address(id(pt) + _PYBIND_VALUE_OFFSET).value
+    if not obj or count == 0:
+        raise LayoutError("empty plaintext")
+    head = (ctypes.c_uint64 * (_PT_DATA + 1)).from_address(obj)
+    if (list(head[_PARMS:_PARMS + 4]) != list(pt.parms_id()) or head[_PT_COUNT] != count
+            or head[_PT_DYN_SIZE] != count or not head[_PT_DATA]):
+        raise LayoutError("seal::Plaintext layout differs from SEAL 4.x's")
+    arr = np.ctypeslib.as_array((ctypes.c_uint64 * count).from_address(head[_PT_DATA]))
+    if any(int(arr[i]) != pt[i] for i in (0, count // 2, count - 1)):
+        raise LayoutError("plaintext memory does not match the binding's accessor")
+    return arr
+
+
 def seal_round(x: np.ndarray) -> np.ndarray:
     """std::round (half away from zero), as SEAL's CKKS scalar encoding uses."""
     return np.trunc(x + np.copysign(0.5, x))

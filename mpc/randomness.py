@@ -36,6 +36,20 @@ def ring(shape: tuple[int, ...] | int) -> np.ndarray:
     return np.frombuffer(os.urandom(8 * count), dtype=np.uint64).reshape(shape).copy()
 
 
+def below(modulus: int, count: int) -> np.ndarray:
+    """``count`` integers uniform in [0, modulus), uint64, for 2 <= modulus <= 2^63
+    (residues of a uniform polynomial modulo an RNS prime). Rejection sampling on
+    bit-length-wide draws, so there is no modulo bias."""
+    if not 2 <= modulus <= 2**63:
+        raise ValueError(f"modulus must be in [2, 2^63], got {modulus}")
+    keep = np.uint64((1 << (modulus - 1).bit_length()) - 1)
+    out = np.empty(0, dtype=np.uint64)
+    while out.size < count:
+        draw = ring(2 * (count - out.size) + 16) & keep  # acceptance > 1/2
+        out = np.concatenate([out, draw[draw < np.uint64(modulus)]])
+    return out[:count]
+
+
 def uniform(n: int) -> np.ndarray:
     """``n`` doubles uniform in [0, 1), 53 random bits each."""
     return (ring(n) >> np.uint64(11)).astype(np.float64) * 2.0**-53

@@ -6,8 +6,10 @@ own, taking no other part). Per batch of the QP's unlabelled queries:
 
 1. QP encrypts the batch under its own CKKS key (:mod:`he`) and sends the
    ciphertexts (and, once, its public context) to every AP.
-2. Each AP evaluates its own model on them with masking; QP decrypts
-   f_i(x) - r_i, the AP keeps r_i: additive shares of AP i's logits.
+2. Each AP evaluates its own model on them, masks the result with a polynomial
+   uniform modulo the output modulus and re-randomizes it (he/mask.py): QP's
+   decryption is uniform; QP and AP hold additive shares, in Z_2^64, of AP i's
+   logits (he/share.py).
 3. QP and each AP run a 2PC argmax (CrypTen, :mod:`mpc.twopc`): each
    gets a share of AP i's one-hot vote; nobody learns the vote.
 4. Each AP sends its vote share to PG. PG sums them, asks its privacy budget to
@@ -40,7 +42,7 @@ import torch
 from learning.datasets import SPLITS, TABLES, PartyData, party_data
 from learning.models import ARCHITECTURES, DEFAULT_ARCH, build_model
 from learning.training import accuracy, train
-from mpc import additive, encoding
+from mpc import additive, encoding, randomness
 from mpc.channel import Channel, ChannelError
 from privacy import pate
 
@@ -86,7 +88,6 @@ class CapcParams(Params):
     epsilon_budget: float = 1e6
     delta: float = 1e-5
     noise_seed: int | None = None   # INSECURE fixed noise, for simulations only
-    flood: float | None = None      # std of CKKS noise flooding on the AP's answers
     timeout: float = 600.0
     qp_points: int | None = None    # keep only this many of the QP's own labelled points
 
@@ -110,8 +111,6 @@ class CapcParams(Params):
             problems.append(f"qp_points must be at least 2 (or null for all), got {self.qp_points}")
         if self.noise_seed is not None and self.noise_seed < 0:
             problems.append(f"noise_seed must be >= 0 (or null for OS noise), got {self.noise_seed}")
-        if self.flood is not None and self.flood < 0:
-            problems.append(f"flood must be >= 0 (or null for none), got {self.flood}")
         return problems
 
     def batches(self) -> list[range]:
@@ -284,15 +283,16 @@ class _Querier:
             except ChannelError as e:
                 self._drop(ap, e)
                 continue
-            shares[ap] = encoding.encode(await self._decrypt(answer))
+            shares[ap] = await self._my_share(answer)
         return shares
 
-    async def _decrypt(self, answer: dict) -> np.ndarray:
+    async def _my_share(self, answer: dict) -> np.ndarray:
+        """The QP's share of an AP's logits, in the ring (the AP holds the other)."""
         if not self.p.crypto:
-            return np.asarray(answer["y"])
+            return additive.as_ring(np.asarray(answer["y"]))
         import he
         out = he.EncryptedOutput.load(self.public, answer["ct"])
-        return (await asyncio.to_thread(he.decrypt, self.keys, out)).numpy()
+        return await asyncio.to_thread(he.decrypt_share, self.keys, out)
 
     async def votes(self, b: int, shares: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Step 3: a 2PC argmax with each AP: shares of one-hot votes."""
@@ -425,19 +425,15 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
             if public is None:
                 public = he.PublicContext.load(query["context"])
             enc = he.EncryptedBatch.load(public, query["ct"])
-            out, r = await asyncio.to_thread(plan.evaluate, enc, mask=True, flood=p.flood,
-                                             context=public)
+            out, mine = await asyncio.to_thread(plan.evaluate, enc, mask=True, context=public)
             await ch.send(qp, f"{NAME}.answer", {"ct": out.serialize()})
-            r = r.numpy()
         else:
-            from he.mask import uniform_mask
             with torch.no_grad():
                 logits = model(torch.as_tensor(query["x"])).double().numpy()
-            r = uniform_mask(logits.shape)
-            await ch.send(qp, f"{NAME}.answer", {"y": logits - r})
+            mine = randomness.ring(logits.shape)
+            await ch.send(qp, f"{NAME}.answer", {"y": encoding.encode(logits) - mine})
         timing["he_evaluate"] += time.perf_counter() - t
-        vote = await _timed(timing, "argmax_2pc",
-                            _argmax(ch, qp, dealer, p, f"{b}:{ctx.me}", encoding.encode(r)))
+        vote = await _timed(timing, "argmax_2pc", _argmax(ch, qp, dealer, p, f"{b}:{ctx.me}", mine))
         await ch.send(pg, f"{NAME}.vote_share", {"batch": b, "share": vote})
     return RoleResult({"role": "ap", "architecture": architecture(ctx, p, ctx.me),
                        "test_accuracy": acc, "timing_seconds": {k: round(v, 3) for k, v in timing.items()}})

@@ -1,6 +1,7 @@
 """mpc/randomness.py: the one source of secrets and DP noise."""
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from mpc import randomness
@@ -32,3 +33,14 @@ def test_generators_are_independent():
     a, b = randomness.generator().integers(0, 2**63, 4), randomness.generator().integers(0, 2**63, 4)
     assert not np.array_equal(a, b)
     assert randomness.token_bytes(32) != randomness.token_bytes(32)
+
+
+def test_below_is_uniform_without_modulo_bias():
+    # 3 * 2^61 + 1: a plain "draw 64 bits mod p" would make the low third twice as likely.
+    p = 3 * 2**61 + 1
+    x = randomness.below(p, 60_000)
+    assert x.dtype == np.uint64 and x.size == 60_000 and int(x.max()) < p
+    assert stats.kstest(x.astype(np.float64) / p, "uniform").pvalue > 1e-4
+    assert randomness.below(7, 10_000).max() == 6
+    with pytest.raises(ValueError, match="modulus"):
+        randomness.below(1, 3)
