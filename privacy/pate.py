@@ -29,7 +29,6 @@ which take only the (securely computed) log-probabilities, never the votes.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,28 +65,26 @@ class InsecureNoiseError(RuntimeError):
 class NoiseSource:
     """Where Gaussian noise comes from.
 
-    ``NoiseSource.secure()`` (the default everywhere) seeds a numpy Generator
-    with 256 bits from the OS (:mod:`mpc.randomness`) and reseeds itself after ``fork`` so two
-    processes never share noise.  ``NoiseSource.for_simulation(seed)`` fixes
+    ``NoiseSource.secure()`` (the default everywhere) draws every sample from the
+    OS random source (:func:`mpc.randomness.normal`): no generator state, so no
+    two processes (forked or not) share noise.  ``NoiseSource.for_simulation(seed)`` fixes
     the noise for reproducible experiments; it is an object that must be passed
     explicitly, it says INSECURE in its repr, and :func:`require_secure` turns
     it away.  There is deliberately no environment variable or global switch.
     """
 
-    __slots__ = ("_gen", "_pid", "insecure", "_seed")
+    __slots__ = ("_gen", "insecure", "_seed")
 
-    def __init__(self, *, _generator: np.random.Generator, _insecure: bool,
+    def __init__(self, *, _generator: np.random.Generator | None, _insecure: bool,
                  _seed: int | None) -> None:
         self._gen = _generator
-        self._pid = os.getpid()
         self.insecure = _insecure
         self._seed = _seed
 
     @classmethod
     def secure(cls) -> NoiseSource:
         """Noise seeded from the OS random source (deployment)."""
-        return cls(_generator=randomness.generator(),
-                   _insecure=False, _seed=None)
+        return cls(_generator=None, _insecure=False, _seed=None)
 
     @classmethod
     def for_simulation(cls, seed: int) -> NoiseSource:
@@ -100,13 +97,11 @@ class NoiseSource:
     def normal(self, sigma: float, size: int | None = None) -> NDArray[np.float64] | float:
         """Draw N(0, sigma^2) samples (a float when ``size`` is None)."""
         _check_sigma(sigma, "sigma")
-        if not self.insecure and os.getpid() != self._pid:
-            # A forked child would otherwise replay its parent's noise.
-            self._gen = randomness.generator()
-            self._pid = os.getpid()
+        if self._gen is not None:  # simulation only
+            return float(self._gen.normal(0.0, sigma)) if size is None else self._gen.normal(0.0, sigma, size)
         if size is None:
-            return float(self._gen.normal(0.0, sigma))
-        return self._gen.normal(0.0, sigma, size)
+            return float(randomness.normal(1, sigma)[0])
+        return randomness.normal(size, sigma)
 
     def __repr__(self) -> str:
         if self.insecure:

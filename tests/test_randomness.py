@@ -44,3 +44,18 @@ def test_below_is_uniform_without_modulo_bias():
     assert randomness.below(7, 10_000).max() == 6
     with pytest.raises(ValueError, match="modulus"):
         randomness.below(1, 3)
+
+
+def test_dp_noise_and_he_masks_come_from_the_os_source(monkeypatch):
+    """Replaying os.urandom replays PATE noise and HE mask residues: no generator state
+    of numpy or torch sits between the OS and them."""
+    from he.mask import randomness as mask_randomness
+    from privacy import pate
+
+    def replay():
+        stream = np.random.default_rng(0)  # a test stand-in for the OS, replayable
+        monkeypatch.setattr(randomness.os, "urandom", lambda n: stream.bytes(n))
+        return (pate.NoiseSource.secure().normal(1.0, 5), mask_randomness.below(2**40 - 87, 8))
+
+    (noise_a, mask_a), (noise_b, mask_b) = replay(), replay()
+    assert np.array_equal(noise_a, noise_b) and np.array_equal(mask_a, mask_b)
