@@ -29,7 +29,7 @@ from rich.table import Table
 
 from parties.audit import audit_run
 from parties.broker import EmbeddedBroker
-from parties.identity import Deployment, new_local_deployment
+from parties.identity import Deployment, PrivateKeys, new_local_deployment
 
 # wide enough for the results tables when output goes to a file or CI log
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -46,6 +46,8 @@ class Scenario:
     # parties keep the private state earlier sessions stored (e.g. hcsetup's key for hcfl)
     same_run_dir: bool = False
     extra_args: dict[str, list[str]] = field(default_factory=dict)   # per party, e.g. --ledger
+    keep_keys: dict[str, Path] = field(default_factory=dict)         # identities kept across runs
+    ledgers: dict[str, Path] = field(default_factory=dict)           # for the audit
     report: Callable[[Path, dict], None] | None = None                # after the session: plots
 
 
@@ -205,7 +207,9 @@ def _capc_args(p: argparse.ArgumentParser) -> None:
                    help="Confident-GNMax vote threshold (default: plain GNMax)")
     p.add_argument("--sigma-threshold", type=float, default=2.0)
     p.add_argument("--sigma-gnmax", type=float, default=1.0)
-    p.add_argument("--budget", type=float, default=1e6, help="PG's epsilon budget")
+    p.add_argument("--budget", type=float, default=None,
+                   help="PG's epsilon budget for a new ledger (default 10; a spent ledger refuses "
+                        "further queries, raise it deliberately)")
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
@@ -225,20 +229,29 @@ def capc(args: argparse.Namespace) -> list[Scenario]:
     params = {"dataset": args.dataset, "split": args.split, "heterogeneous": args.heterogeneous,
               "queries": args.queries, "batch_size": args.batch_size, "mode": args.mode,
               "threshold": args.threshold, "sigma_threshold": args.sigma_threshold,
-              "sigma_gnmax": args.sigma_gnmax, "epsilon_budget": args.budget, "delta": args.delta,
+              "sigma_gnmax": args.sigma_gnmax, "delta": args.delta,
               "epochs": args.epochs, "seed": args.seed, "noise_seed": args.noise_seed,
               "qp_points": args.qp_points}
+    if args.budget is not None:
+        params["epsilon_budget"] = args.budget
     # One ledger for the guardian across every QP's session: all answers spend
-    # the same answering parties' privacy.
-    ledger = str(Path(args.runs_dir).resolve() / f"pg-ledger-{time.strftime('%Y%m%d-%H%M%S')}"
-                 f"-{secrets.token_hex(2)}.jsonl")
+    # the same answering parties' privacy. The guardian keeps one identity, whose
+    # key signs every ledger line.
+    stem = Path(args.runs_dir).resolve() / f"pg-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    ledger, guardian_key = Path(f"{stem}-ledger.jsonl"), Path(f"{stem}-guardian.key")
+    guardian_key.parent.mkdir(parents=True, exist_ok=True)
+    PrivateKeys.generate("guardian").save(guardian_key)
     return [Scenario("capc", [(m, "qp" if m == qp else "ap") for m in members]
                      + [("guardian", "pg"), ("dealer", "dealer")], params,
-                     extra_args={"guardian": ["--ledger", ledger]}, report=capc_report)
+                     extra_args={"guardian": ["--ledger", str(ledger)]}, report=capc_report,
+                     keep_keys={"guardian": guardian_key}, ledgers={"guardian": ledger})
             for qp in members[:args.qps]]
 
 
-DEMO = (["capc", "--parties", "5", "--queries", "100", "--batch-size", "50", "--split", "noniid"],
+# Four answering parties give PATE little privacy per query (data-independent accounting):
+# the demo raises the guardian's budget deliberately and prints what was spent.
+DEMO = (["capc", "--parties", "5", "--queries", "100", "--batch-size", "50", "--split", "noniid",
+         "--budget", "200"],
         ["hashcomb-setup", "--owners", "5"],
         ["argmax2pc", "--batch", "4"])
 
@@ -267,7 +280,8 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
         if sorted((n, p.role) for n, p in deployment.parties.items()) != sorted(scenario.parties):
             raise SystemExit(f"{scenario.protocol}: same_run_dir needs the previous session's parties")
     else:
-        deployment = new_local_deployment(run_dir, scenario.parties, broker_url, name=run_dir.name)
+        deployment = new_local_deployment(run_dir, scenario.parties, broker_url, name=run_dir.name,
+                                          keep=scenario.keep_keys)
     session = secrets.token_hex(8)
     (run_dir / "logs").mkdir(exist_ok=True)
     params_file = run_dir / f"params-{scenario.protocol}.json"
@@ -357,7 +371,7 @@ async def main_async(args: argparse.Namespace, scenarios: list[Scenario]) -> int
             print_results(session)
             if scenario.report is not None:
                 scenario.report(run_dir, session)
-            report = audit_run(run_dir)
+            report = audit_run(run_dir, ledgers=scenario.ledgers)
             session["audit"] = report.to_json()
             dir_sessions.append(session)
             summary = session if len(dir_sessions) == 1 else {"sessions": dir_sessions}

@@ -21,6 +21,15 @@ For ``run_dir`` holding ``deployment.toml`` and ``transcripts/<party>.jsonl``:
    its transcript.
 6. Conformance: every message's (sender role, recipient role, step) must be
    declared by its protocol in ``protocols.conformance_rules()``.
+7. Budget ledgers: where a privacy guardian's transcript records its ledger's
+   head (seq, hash), the ledger (``ledger/<party>.jsonl`` or as given) must be
+   signed line by line by that party and still reach that entry with that
+   hash: a ledger cut back or rewritten after the run fails the audit.
+
+Trust anchor: the public keys come from ``RUN_DIR/deployment.toml`` unless the
+auditor gives its own deployment file or pins the fingerprint it expects
+(:meth:`Deployment.fingerprint`); whoever can write RUN_DIR could otherwise
+replace the keys along with a fabricated, freshly signed run.
 
 Envelopes a party *rejected* (garbage, bad signatures, replays ...) are
 reported as information, not failures: refusing them is the system working,
@@ -43,8 +52,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .envelope import Header, verify_signature
-from .identity import Deployment
-from .transcript import EVENTS, SEAL, genesis, line_hash, seal_message
+from .identity import Deployment, DeploymentError
+from .transcript import EVENTS, LEDGER, SEAL, genesis, line_hash, seal_message
 
 Rules = dict[str, set[tuple[str, str, str]]]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -63,6 +72,8 @@ class Issue:
 class AuditReport:
     run_dir: str
     deployment: str
+    fingerprint: str = ""
+    pinned: bool = False  # the deployment was checked against one the auditor trusts
     issues: list[Issue] = field(default_factory=list)
     parties: dict[str, dict[str, int]] = field(default_factory=dict)
     sessions: list[str] = field(default_factory=list)
@@ -79,7 +90,7 @@ class AuditReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "run_dir": self.run_dir, "deployment": self.deployment,
-                "errors": len(self.errors), "sessions": self.sessions,
+                "fingerprint": self.fingerprint, "pinned": self.pinned, "errors": len(self.errors), "sessions": self.sessions,
                 "messages": self.messages, "matched": self.matched,
                 "parties": self.parties, "issues": [asdict(i) for i in self.issues]}
 
@@ -106,6 +117,7 @@ class _Auditor:
         self.sent_order: dict[tuple[str, str, str], list[_Entry]] = defaultdict(list)
         self.sealed: dict[str, set[str]] = defaultdict(set)   # party -> sessions it sealed
         self.sessions: set[str] = set()
+        self.ledger_heads: dict[str, tuple[int, str, int]] = {}  # party -> seq, hash, line
 
     def issue(self, severity: str, code: str, party: str | None, line: int | None,
               message: str) -> None:
@@ -150,6 +162,12 @@ class _Auditor:
                 self._check_seal(party, verifier, obj, lineno, segment)
                 segment = []
                 stats["sealed_sessions"] += 1
+            elif event == LEDGER:
+                segment.append(lineno)
+                if isinstance(obj.get("seq"), int) and isinstance(obj.get("hash"), str):
+                    self.ledger_heads[party] = (obj["seq"], obj["hash"], lineno)
+                else:
+                    self.issue("error", "malformed-line", party, lineno, "bad ledger record")
             elif event in EVENTS:
                 segment.append(lineno)
                 stats[event] += 1
@@ -303,6 +321,36 @@ class _Auditor:
                        f"{why}")
 
 
+    def check_ledgers(self, run_dir: Path, paths: dict[str, Path]) -> None:
+        from .ledger import LedgerError, verify  # scipy: only when a ledger is recorded
+
+        for party, (seq, digest, lineno) in sorted(self.ledger_heads.items()):
+            path = paths.get(party, run_dir / "ledger" / f"{party}.jsonl")
+            if not path.exists():
+                self.issue("error", "ledger-missing", party, lineno,
+                           f"{party}'s transcript records a budget ledger, not found at {path}; "
+                           f"pass --ledger {party}=FILE if it lives elsewhere")
+                continue
+            try:
+                entries, digests = verify(path, self.dep.parties[party].sign_pub)
+            except LedgerError as e:
+                self.issue("error", "ledger", party, lineno, f"budget ledger {path}: {e}")
+                continue
+            if seq >= len(digests):
+                self.issue("error", "ledger-rolled-back", party, lineno,
+                           f"{path} ends at entry {len(digests) - 1}, but {party}'s transcript "
+                           f"recorded entry {seq}: charges were cut off after the run")
+            elif digests[seq] != digest:
+                self.issue("error", "ledger-rewritten", party, lineno,
+                           f"{path}: entry {seq} differs from the one {party}'s transcript "
+                           "recorded")
+            else:
+                charges = sum(1 for e in entries if e.get("type") == "charge")
+                self.issue("info", "ledger", party, lineno,
+                           f"budget ledger {path.name}: {len(entries)} entries ({charges} "
+                           f"charges), signed, reaching the recorded entry {seq}")
+
+
 def _describe(h: Header) -> str:
     return f"'{h.protocol}.{h.step}' {h.sender}->{h.recipient} seq {h.seq} (session {h.session})"
 
@@ -312,11 +360,33 @@ def default_rules() -> Rules:
     return conformance_rules()
 
 
-def audit_run(run_dir: str | os.PathLike[str], rules: Rules | None = None) -> AuditReport:
-    """Audit a run directory; raises DeploymentError if its deployment file is unusable."""
+def audit_run(run_dir: str | os.PathLike[str], rules: Rules | None = None, *,
+              trusted: Deployment | None = None, fingerprint: str | None = None,
+              ledgers: dict[str, Path] | None = None) -> AuditReport:
+    """Audit a run directory; raises DeploymentError if a deployment file is unusable.
+
+    trusted: the deployment the auditor trusts (its keys are used, and the run's own
+    deployment.toml must match it); fingerprint: the fingerprint the run's deployment
+    must have. Without either, the run's deployment is taken on trust (and says so).
+    """
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise DeploymentError(f"run directory {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise DeploymentError(f"{run_dir} is a file; pass the run directory (the one holding "
+                              "deployment.toml and transcripts/)")
     deployment = Deployment.load(run_dir / "deployment.toml")
-    auditor = _Auditor(run_dir, deployment, default_rules() if rules is None else rules)
+    found = deployment.fingerprint()
+    pin = trusted.fingerprint() if trusted is not None else fingerprint
+    report = AuditReport(str(run_dir), deployment.name, found, pinned=pin is not None)
+    if pin is not None and not found.startswith(pin.lower()):
+        report.issues.append(Issue("error", "untrusted-deployment", None, None,
+                                   f"the run's deployment has fingerprint {found}, not the "
+                                   f"trusted {pin}: its keys (and so every signature) cannot "
+                                   "be trusted; nothing else was checked"))
+        return report
+    auditor = _Auditor(run_dir, trusted or deployment, default_rules() if rules is None else rules)
+    auditor.report = report
     tdir = run_dir / "transcripts"
     files = {p.stem: p for p in sorted(tdir.glob("*.jsonl"))} if tdir.is_dir() else {}
     for stem in sorted(set(files) - set(deployment.parties)):
@@ -332,5 +402,6 @@ def audit_run(run_dir: str | os.PathLike[str], rules: Rules | None = None) -> Au
     auditor.cross_check()
     auditor.check_order()
     auditor.check_conformance()
+    auditor.check_ledgers(run_dir, ledgers or {})
     auditor.report.sessions = sorted(auditor.sessions)
     return auditor.report

@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -190,6 +191,14 @@ class Deployment:
     def names_with_role(self, role: str) -> list[str]:
         return [p.name for p in self.parties.values() if p.role == role]
 
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of what an auditor trusts: the deployment's name and every
+        party's name, role and public keys (not the broker address, which may move)."""
+        parties = sorted((p.name, p.role, p.sign_pub.hex(), p.box_pub.hex())
+                         for p in self.parties.values())
+        doc = json.dumps({"deployment": self.name, "parties": parties}, separators=(",", ":"))
+        return hashlib.sha256(b"confidant/deployment/v1\x00" + doc.encode()).hexdigest()
+
     def check_keys(self, keys: PrivateKeys) -> PartyInfo:
         """Check that a key file belongs to a party of this deployment; return its card."""
         info = self.parties.get(keys.name)
@@ -215,7 +224,9 @@ class Deployment:
                 doc = tomllib.load(f)
         except FileNotFoundError:
             raise DeploymentError(f"deployment file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
+        except IsADirectoryError:
+            raise DeploymentError(f"deployment file {path} is a directory, not a file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise DeploymentError(f"deployment file {path} is not valid TOML: {e}") from None
         return cls.from_dict(doc, base_dir=path.parent, source=str(path))
 
@@ -407,9 +418,12 @@ def keygen(name: str, role: str, key_path: str | os.PathLike[str]) -> PartyInfo:
 
 def new_local_deployment(run_dir: str | os.PathLike[str], parties: list[tuple[str, str]],
                          broker_url: str, name: str | None = None,
-                         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Deployment:
+                         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                         keep: dict[str, Path] | None = None) -> Deployment:
     """Fresh keys for ``parties`` (name, role) and a deployment for one machine:
-    writes ``run_dir/deployment.toml`` and ``run_dir/keys/<name>.key``."""
+    writes ``run_dir/deployment.toml`` and ``run_dir/keys/<name>.key``. ``keep`` maps
+    names to existing key files to use instead (a guardian whose signed ledger spans
+    several runs keeps its identity)."""
     run_dir = Path(run_dir)
     names = [pname for pname, _ in parties]
     if len(set(names)) != len(names):
@@ -420,7 +434,15 @@ def new_local_deployment(run_dir: str | os.PathLike[str], parties: list[tuple[st
     key_dir = run_dir / "keys"
     key_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(key_dir, 0o700)
-    cards = [keygen(pname, role, key_dir / f"{pname}.key") for pname, role in parties]
+    keep = keep or {}
+    cards = []
+    for pname, role in parties:
+        if pname in keep:
+            kept = PrivateKeys.load(keep[pname])
+            kept.save(key_dir / f"{pname}.key")
+            cards.append(kept.card(role))
+        else:
+            cards.append(keygen(pname, role, key_dir / f"{pname}.key"))
     doc = {"deployment": {"name": name or f"local-{randomness.token_bytes(4).hex()}",
                           "broker_url": broker_url, "max_message_bytes": max_message_bytes},
            "party": [c.to_toml() for c in cards]}

@@ -8,10 +8,17 @@ conversion, the orders grid, authentication mode); every later line is a
 ``refused`` (a query turned away, kept for the audit trail).  Each line
 carries ``prev``, the digest of the line before, and ``hash``, the SHA-256
 (or, with a key, HMAC-SHA256) of ``prev`` and its own canonical body: a hash
-chain.  Every line is written with one ``write`` to an ``O_APPEND`` file and
-fsynced before the call returns.  A small side file ``<ledger>.head`` holds
+chain.  With a ``signer`` (the guardian's Ed25519 identity key; the header
+names its public key) every line also carries ``sig``, the signature over the
+line without it, so anyone holding the deployment can check every entry
+(:func:`verify`) and nobody without the key can rewrite one.  Every line is
+written with one ``write`` to an ``O_APPEND`` file and fsynced before the call
+returns.  A small side file ``<ledger>.head`` holds
 the last sequence number and digest, so that cutting whole lines off the end
-is noticed too.
+is noticed too.  A writer who cuts lines *and* rewrites the head is caught by
+the guardian's transcript, which records the ledger's head (seq, hash) at the
+end of every session under the party's signed seal: the guardian checks it when
+it opens the ledger, and ``confidant audit`` checks it for every run.
 
 The policy (what is charged, what is refused) is :class:`privacy.budget.PrivacyBudget`;
 this module only makes each of its entries durable before the decision is used.
@@ -35,16 +42,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from numpy.typing import ArrayLike
 
 from privacy.budget import BadEntry, BudgetError, Decision, PrivacyBudget
 from privacy.pate import DEFAULT_ORDERS, Conversion
 
 __all__ = ["BudgetLedger", "Decision", "LedgerCorrupted", "LedgerError", "LedgerExists",
-           "LedgerLocked", "LedgerNotFound", "LedgerTruncated", "LedgerUsageError"]
+           "LedgerLocked", "LedgerNotFound", "LedgerTruncated", "LedgerUsageError", "verify"]
 
 FORMAT_VERSION = 1
 _GENESIS = "0" * 64
+_SIG_DOMAIN = b"confidant/ledger-line/v1\x00"
 
 
 class LedgerError(Exception):
@@ -87,19 +98,39 @@ class BudgetLedger(PrivacyBudget):
     """
 
     def __init__(self, *, _path: Path, _fd: int, _key: bytes | None,
-                 _header: dict[str, Any], _last_hash: str) -> None:
+                 _signer: Ed25519PrivateKey | None, _header: dict[str, Any],
+                 _last_hash: str) -> None:
         super().__init__(float(_header["epsilon_budget"]), float(_header["delta"]),
                          _header["conversion"], _header["orders"])
         self.path = _path
         self._fd: int | None = _fd
         self._key = _key
+        self._signer = _signer
         self._last_hash = _last_hash
+        self._digests: list[str] = []  # every entry's hash, by seq (filled by open)
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last entry: what the guardian's transcript records."""
+        return self._last_seq, self._last_hash
+
+    def check_head(self, seq: int, digest: str, where: str) -> None:
+        """Raise if this ledger does not reach entry ``seq`` with hash ``digest``, which
+        ``where`` (e.g. the guardian's transcript) recorded."""
+        if seq > self._last_seq:
+            raise LedgerTruncated(f"{self.path} ends at entry {self._last_seq}, but {where} "
+                                  f"recorded entry {seq}: charges were cut off. Restore the "
+                                  "ledger from backup; never run on a rolled-back ledger")
+        if self._digests[seq] != digest:
+            raise LedgerCorrupted(f"{self.path}: entry {seq} differs from the one {where} "
+                                  "recorded: the ledger was rewritten")
 
     # ------------------------------------------------------------ lifecycle
     @classmethod
     def create(cls, path: str | os.PathLike[str], *, epsilon_budget: float, delta: float,
                conversion: Conversion = "improved", orders: ArrayLike = DEFAULT_ORDERS,
-               key: bytes | None = None) -> BudgetLedger:
+               key: bytes | None = None, signer: Ed25519PrivateKey | None = None
+               ) -> BudgetLedger:
         """Start a new ledger; refuses to touch an existing one."""
         path = Path(path)
         if path.exists() or head_path(path).exists():
@@ -112,8 +143,9 @@ class BudgetLedger(PrivacyBudget):
         header = {"type": "header", "version": FORMAT_VERSION, "seq": 0, "prev": _GENESIS,
                   "time": time.time(), "epsilon_budget": policy.epsilon_budget,
                   "delta": policy.delta, "conversion": conversion,
-                  "orders": policy.accountant.orders.tolist(), "auth": _auth_name(key)}
-        line, digest = _seal(header, key)
+                  "orders": policy.accountant.orders.tolist(), "auth": _auth_name(key),
+                  "signer": _public_hex(signer.public_key()) if signer else None}
+        line, digest = _seal(header, key, signer)
         # Build under a temporary name and rename last, so a crash leaves
         # either no ledger or a complete one with its head.
         tmp = path.with_name(path.name + ".creating")
@@ -126,11 +158,14 @@ class BudgetLedger(PrivacyBudget):
         _write_head(path, 0, digest)
         os.replace(tmp, path)
         _fsync_dir(path)
-        return cls.open(path, key=key)
+        return cls.open(path, key=key, signer=signer)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, key: bytes | None = None) -> BudgetLedger:
-        """Open an existing ledger, verify it entirely and replay it."""
+    def open(cls, path: str | os.PathLike[str], *, key: bytes | None = None,
+             signer: Ed25519PrivateKey | None = None) -> BudgetLedger:
+        """Open an existing ledger, verify it entirely and replay it. A signed ledger
+        opens only with its signer's key (a ledger whose lines are signed cannot be
+        continued unsigned, nor an unsigned one signed)."""
         path = Path(path)
         try:
             fd = os.open(path, os.O_RDWR | os.O_APPEND)
@@ -143,9 +178,10 @@ class BudgetLedger(PrivacyBudget):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise LedgerLocked(f"{path} is open elsewhere; one guardian per ledger") from None
-            entries, digests = _read_chain(fd, path, key)
+            entries, digests = _read_chain(_read_all(fd), path, key)
+            _check_signer(entries[0], signer, path)
             try:
-                ledger = cls(_path=path, _fd=fd, _key=key, _header=entries[0],
+                ledger = cls(_path=path, _fd=fd, _key=key, _signer=signer, _header=entries[0],
                              _last_hash=digests[-1])
             except (KeyError, TypeError, ValueError) as exc:
                 raise LedgerCorrupted(f"{path}: the header is malformed ({exc!r})") from None
@@ -154,6 +190,7 @@ class BudgetLedger(PrivacyBudget):
                     ledger.apply(entry)
             except BadEntry as exc:
                 raise LedgerCorrupted(f"{path}: {exc}") from None
+            ledger._digests = digests
             ledger._check_head(digests)
         except BaseException:
             os.close(fd)
@@ -185,7 +222,7 @@ class BudgetLedger(PrivacyBudget):
             raise LedgerUsageError("the ledger is closed")
         entry = {"seq": self._last_seq + 1, "prev": self._last_hash, "time": time.time(), **body}
         self.apply(entry)  # validates and updates state before anything is written
-        line, digest = _seal(entry, self._key)
+        line, digest = _seal(entry, self._key, self._signer)
         try:
             _write_all(self._fd, line)
             os.fsync(self._fd)
@@ -196,6 +233,7 @@ class BudgetLedger(PrivacyBudget):
                               "Reopen it (a partial last line is reported as truncation "
                               "and needs manual repair)") from exc
         self._last_hash = digest
+        self._digests.append(digest)
         _write_head(self.path, entry["seq"], digest)
         return entry["seq"]
 
@@ -239,17 +277,55 @@ def _digest(body: dict[str, Any], key: bytes | None) -> str:
     return hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
-def _seal(body: dict[str, Any], key: bytes | None) -> tuple[bytes, str]:
+def _public_hex(public: Ed25519PublicKey) -> str:
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def _seal(body: dict[str, Any], key: bytes | None,
+          signer: Ed25519PrivateKey | None) -> tuple[bytes, str]:
     digest = _digest(body, key)
-    return _canonical({**body, "hash": digest}) + b"\n", digest
+    line = {**body, "hash": digest}
+    if signer is not None:
+        line["sig"] = signer.sign(_SIG_DOMAIN + _canonical(line)).hex()
+    return _canonical(line) + b"\n", digest
 
 
-def _read_chain(fd: int, path: Path, key: bytes | None) -> tuple[list[dict[str, Any]], list[str]]:
+def _check_signer(header: dict[str, Any], signer: Ed25519PrivateKey | None, path: Path) -> None:
+    recorded = header.get("signer")
+    given = _public_hex(signer.public_key()) if signer is not None else None
+    if recorded != given:
+        if recorded is None:
+            raise LedgerCorrupted(f"{path} is not signed; open it without a signing key")
+        raise LedgerCorrupted(f"{path} is signed by key {recorded[:16]}...; open it with that "
+                              "key (the guardian's identity key)")
+
+
+def verify(path: str | os.PathLike[str], public_key: bytes) -> tuple[list[dict[str, Any]], list[str]]:
+    """Check a signed ledger read-only, as an auditor with the deployment can: every
+    line's signature by ``public_key`` (raw Ed25519) and the chain. Returns the entries
+    and their hashes. (An HMAC-keyed ledger's digests need the key; the signatures do not.)"""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise LedgerNotFound(f"no budget ledger at {path}") from None
+    entries, digests = _read_chain(data, path, None, trust_digests=True)
+    if entries[0].get("signer") != public_key.hex():
+        raise LedgerCorrupted(f"{path} is not signed by the guardian's key "
+                              f"(header names {str(entries[0].get('signer'))[:16]}...)")
+    return entries, digests
+
+
+def _read_all(fd: int) -> bytes:
     os.lseek(fd, 0, os.SEEK_SET)
     chunks = []
     while chunk := os.read(fd, 1 << 20):
         chunks.append(chunk)
-    data = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def _read_chain(data: bytes, path: Path, key: bytes | None, trust_digests: bool = False
+                ) -> tuple[list[dict[str, Any]], list[str]]:
     if not data:
         raise LedgerTruncated(f"{path} is empty; restore it from backup")
     if not data.endswith(b"\n"):
@@ -258,17 +334,27 @@ def _read_chain(fd: int, path: Path, key: bytes | None) -> tuple[list[dict[str, 
     for i, raw in enumerate(data[:-1].split(b"\n")):
         try:
             entry = json.loads(raw)
+            sig = entry.pop("sig", None)
+            signed = _canonical(entry)
             stored = entry.pop("hash")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise LedgerCorrupted(f"{path}: line {i + 1} is not a ledger entry") from None
+        signer = (entries[0] if entries else entry).get("signer")
+        if signer is not None:
+            try:
+                Ed25519PublicKey.from_public_bytes(bytes.fromhex(signer)).verify(
+                    bytes.fromhex(str(sig)), _SIG_DOMAIN + signed)
+            except (InvalidSignature, ValueError, TypeError):
+                raise LedgerCorrupted(f"{path}: line {i + 1} is not signed by the ledger's "
+                                      "signer (edited, or written without its key)") from None
         if not isinstance(entry, dict) or entry.get("seq") != i or entry.get("prev") != prev:
             raise LedgerCorrupted(f"{path}: line {i + 1} breaks the chain "
                                   "(entries removed, reordered or inserted)")
-        if i == 0 and entry.get("auth") != _auth_name(key):
+        if i == 0 and not trust_digests and entry.get("auth") != _auth_name(key):
             how = "with its key" if key is None else "without a key"
             raise LedgerCorrupted(f"{path} was written with auth {entry.get('auth')!r}; "
                                   f"open it {how}")
-        if not hmac.compare_digest(_digest(entry, key), str(stored)):
+        if not trust_digests and not hmac.compare_digest(_digest(entry, key), str(stored)):
             hint = " (or the wrong key was given)" if key is not None else ""
             raise LedgerCorrupted(f"{path}: line {i + 1} was altered{hint}")
         entries.append(entry)

@@ -94,7 +94,13 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
             progress("all peers online")
             with contextlib.ExitStack() as stack:
                 resources = open_resources(module, roles[name], name, workdir, params, stack,
-                                           ledger_path)
+                                           ledger_path, signer=keys.sign_key)
+                ledger = resources.budget if hasattr(resources.budget, "head") else None
+                if ledger is not None:
+                    recorded = transcript.last_ledger_head()
+                    if recorded is not None:
+                        ledger.check_head(*recorded, where=f"{name}'s transcript")
+                    stack.callback(lambda: transcript.record_ledger(*ledger.head))
                 result = await role_fn(RoleContext(channel, roles, params, state, progress,
                                                    resources))
             record.update(ok=True, result=result.public)

@@ -19,7 +19,14 @@ At the end of a session the party appends a seal line::
 
     {"event": "seal", "party", "prev", "at", "session", "count", "seal_sig"}
 
-where ``count`` is the number of lines since the previous seal and
+A privacy guardian also records its budget ledger's head before the seal::
+
+    {"event": "ledger", "party", "prev", "at", "seq", "hash"}
+
+so a ledger later cut back to an earlier entry (head file rewritten too)
+disagrees with a signed transcript (parties/ledger.py).
+
+In a seal line, ``count`` is the number of lines since the previous seal and
 ``seal_sig`` the party's Ed25519 signature over the line without
 ``seal_sig``. Since ``prev`` chains back to the first line, the seal covers
 every line before it: editing, deleting, reordering or inserting a line
@@ -44,6 +51,7 @@ from .envelope import Header
 
 EVENTS = ("sent", "received", "rejected")
 SEAL = "seal"
+LEDGER = "ledger"
 _SEAL_DOMAIN = b"confidant/transcript-seal/v1\x00"
 
 
@@ -121,6 +129,13 @@ class Transcript:
             })
             self._count += 1
 
+    def record_ledger(self, seq: int, digest: str) -> None:
+        """Append the budget ledger's head (its last entry's seq and hash)."""
+        with self._lock:
+            self._append({"event": LEDGER, "party": self.party, "prev": self._prev,
+                          "at": time.time(), "seq": int(seq), "hash": str(digest)})
+            self._count += 1
+
     def seal(self, session: str) -> None:
         """Close a session: a line signed by the party over the chain so far."""
         with self._lock:
@@ -130,6 +145,10 @@ class Transcript:
             self._append(line)
             os.fsync(self._file.fileno())
             self._count = 0
+
+    def last_ledger_head(self) -> tuple[int, str] | None:
+        """The ledger head this transcript recorded last, if any."""
+        return last_ledger_head(self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -141,3 +160,20 @@ class Transcript:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def last_ledger_head(path: str | os.PathLike[str]) -> tuple[int, str] | None:
+    """(seq, hash) of the last ``ledger`` line of a transcript file, or None."""
+    head = None
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except FileNotFoundError:
+        return None
+    for raw in lines:
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and line.get("event") == LEDGER:
+            head = (int(line["seq"]), str(line["hash"]))
+    return head

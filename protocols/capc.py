@@ -85,7 +85,7 @@ class CapcParams(Params):
     sigma_gnmax: float = 1.0
     sigma_threshold: float = 2.0
     threshold: float | None = None  # None: GNMax; a number: Confident-GNMax
-    epsilon_budget: float = 1e6
+    epsilon_budget: float = 10.0     # a finite default: raise it deliberately (ledger: per guardian)
     delta: float = 1e-5
     noise_seed: int | None = None   # INSECURE fixed noise, for simulations only
     timeout: float = 600.0

@@ -9,6 +9,7 @@ from protocols.capc import CapcParams
 from tests.capc_harness import run_capc
 
 SMALL = {"dataset": "digits", "queries": 12, "batch_size": 6, "epochs": 8, "noise_seed": 11,
+         "epsilon_budget": 1e4,
          "sigma_gnmax": 0.5}
 
 

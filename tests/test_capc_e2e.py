@@ -19,7 +19,8 @@ from tests.capc_harness import run_capc
 from tests.mosquitto_fixture import requires_mosquitto, start_mosquitto, stop_mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = {"queries": 10, "batch_size": 5, "epochs": 5, "noise_seed": 5, "sigma_gnmax": 0.5}
+PARAMS = {"queries": 10, "batch_size": 5, "epochs": 5, "noise_seed": 5, "sigma_gnmax": 0.5,
+          "epsilon_budget": 1e4}
 
 
 class Recorder:
@@ -56,7 +57,8 @@ def _run_parties(runs: Path, url: str) -> Path:
     cmd = [sys.executable, str(ROOT / "run_parties.py"), "--broker", url, "--runs-dir", str(runs),
            "capc", "--parties", "3", "--queries", str(PARAMS["queries"]),
            "--batch-size", str(PARAMS["batch_size"]), "--epochs", str(PARAMS["epochs"]),
-           "--noise-seed", str(PARAMS["noise_seed"]), "--sigma-gnmax", str(PARAMS["sigma_gnmax"])]
+           "--noise-seed", str(PARAMS["noise_seed"]), "--sigma-gnmax", str(PARAMS["sigma_gnmax"]),
+           "--budget", str(PARAMS["epsilon_budget"])]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     run_dir = Path(out.stdout.strip().splitlines()[-1])
@@ -67,7 +69,8 @@ def _run_parties(runs: Path, url: str) -> Path:
 def _check(run_dir: Path, payloads: list[bytes], tmp_path: Path) -> None:
     results = json.loads((run_dir / "results.json").read_text())
     assert all(r["ok"] for r in results["parties"].values()), results["parties"]
-    assert results["audit"]["ok"] and audit_run(run_dir).ok
+    ledger, = run_dir.parent.glob("pg-*-ledger.jsonl")  # the guardian's, outside the run
+    assert results["audit"]["ok"] and audit_run(run_dir, ledgers={"guardian": ledger}).ok
     qp = results["parties"]["party1"]["result"]
     # the same labels as the one-process plaintext simulation with the same noise
     plain = asyncio.run(run_capc(tmp_path, {**PARAMS, "mode": "plaintext"}))
@@ -123,7 +126,7 @@ def test_guardian_restarted_between_sessions_keeps_its_budget(tmp_path):
     # the second session paid on top of the first: its first batch already shows more
     assert qp2["curve"][0]["epsilon"] > pg1["epsilon"]
     assert pg2["epsilon"] <= 80 and qp2["refused"] > 0   # and the budget still binds
-    ledgers = list(tmp_path.glob("pg-ledger-*.jsonl"))
+    ledgers = list(tmp_path.glob("pg-*-ledger.jsonl"))
     assert len(ledgers) == 1
 
 

@@ -23,6 +23,18 @@ async def test_capc_runs_in_memory_without_parties():
     assert 0 < res["guardian"].public["epsilon"] <= SMALL["epsilon_budget"]
 
 
+async def test_the_guardian_refuses_by_default():
+    """Nobody raised the budget: a QP asking many queries at the default noise is refused
+    once the default (finite) budget is spent, and is told so."""
+    from protocols.capc import CapcParams
+    params = {k: v for k, v in SMALL.items() if k not in ("epsilon_budget", "sigma_gnmax")}
+    res = await run_session("capc", ROLES, {**params, "queries": 40, "batch_size": 20})
+    assert not [v for v in res.values() if isinstance(v, BaseException)]
+    default = CapcParams().epsilon_budget
+    assert default <= 10
+    assert res["qp"].public["refused"] > 0
+    assert 0 < res["guardian"].public["epsilon"] <= default
+
 
 def test_a_protocol_session_loads_nothing_of_parties():
     code = ("import asyncio, sys; from protocols.runner import run_session; "
