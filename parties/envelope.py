@@ -8,8 +8,13 @@ An envelope is the wire encoding (msgpack, :mod:`mpc.wire`) of the list
   The broker can read it (it needs no secret to route), nobody can change it.
 - ``nonce`` (12 random bytes) and ``ciphertext``: ChaCha20-Poly1305 of the
   payload with ``header_bytes`` as associated data, under a directional key
-  ``HKDF-SHA256(X25519(sender, recipient), salt=session, info=deployment,
-  sender, recipient)``. A fresh key per session and per direction.
+  ``HKDF-SHA256(X25519(e_s, e_r) || X25519(sender, recipient), salt=session,
+  info=deployment, sender, recipient, E_s, E_r)``, where e/E are ephemeral
+  X25519 keys each party makes when its channel opens and announces, signed by
+  its identity key, in its presence message. A fresh key per run of a session
+  and per direction: a recorded run stays closed when identity keys leak later
+  (forward secrecy), and envelopes of an earlier run under the same session id
+  do not decrypt in a later one (they cannot be replayed into it).
 - ``signature``: the sender's Ed25519 signature over ``"confidant/envelope/v1\\0"
   || header_bytes || SHA-256(nonce || ciphertext)``. Signing the body's
   *digest* rather than the body lets a transcript keep only the digest and
@@ -31,13 +36,21 @@ from dataclasses import astuple, dataclass
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from mpc import randomness, wire
 
 from .identity import Deployment, DeploymentError, PrivateKeys
+
+
+def introduce(*sealers: Sealer) -> None:
+    """Let sealers of one process meet each other (tests, in-process simulations)."""
+    for a in sealers:
+        for b in sealers:
+            if a is not b:
+                a.meet(b.me, b.ephemeral_pub)
 
 VERSION = 1
 KINDS = ("msg", "bye")
@@ -49,7 +62,7 @@ _MAX_SEQ = 2**63 - 1
 
 # Every reason an envelope can be refused, for logs and transcripts.
 REASONS = ("oversize", "malformed", "version", "deployment", "session", "recipient",
-           "unknown-sender", "signature", "decrypt", "duplicate", "out-of-window")
+           "unknown-sender", "signature", "unannounced", "decrypt", "duplicate", "out-of-window")
 
 
 class EnvelopeError(ValueError):
@@ -155,12 +168,21 @@ def verify_signature(header: Header, digest: str, signature: bytes, sign_pub: by
         return False
 
 
-def _pair_key(keys: PrivateKeys, their_box: bytes, deployment: str, session: str,
-              sender: str, recipient: str) -> ChaCha20Poly1305:
-    shared = keys.box_key.exchange(X25519PublicKey.from_public_bytes(their_box))
-    info = _KDF_DOMAIN + f"{deployment}\x00{sender}\x00{recipient}".encode()
-    key = HKDF(hashes.SHA256(), 32, salt=session.encode("utf-8"), info=info).derive(shared)
+def _pair_key(fresh: bytes, static: bytes, deployment: str, session: str, sender: str,
+              recipient: str, sender_eph: bytes, recipient_eph: bytes) -> ChaCha20Poly1305:
+    info = (_KDF_DOMAIN + f"{deployment}\x00{sender}\x00{recipient}\x00".encode()
+            + sender_eph + recipient_eph)
+    key = HKDF(hashes.SHA256(), 32, salt=session.encode("utf-8"), info=info).derive(fresh + static)
     return ChaCha20Poly1305(key)
+
+
+def new_ephemeral() -> X25519PrivateKey:
+    """A party's ephemeral key for one run of a session (OS randomness, mpc.randomness)."""
+    return X25519PrivateKey.from_private_bytes(randomness.token_bytes(32))
+
+
+def raw_public(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes_raw()
 
 
 class Sealer:
@@ -177,26 +199,51 @@ class Sealer:
         self.me = keys.name
         self._verifiers = {n: Ed25519PublicKey.from_public_bytes(p.sign_pub)
                            for n, p in deployment.parties.items()}
+        self._ephemeral = new_ephemeral()
+        self.ephemeral_pub = raw_public(self._ephemeral)
+        self._peer_eph: dict[str, bytes] = {}
         self._send_keys: dict[str, ChaCha20Poly1305] = {}
         self._recv_keys: dict[str, ChaCha20Poly1305] = {}
-        for peer, info in deployment.parties.items():
-            try:
-                self._send_keys[peer] = _pair_key(keys, info.box_pub, deployment.name, session,
-                                                  self.me, peer)
-                self._recv_keys[peer] = _pair_key(keys, info.box_pub, deployment.name, session,
-                                                  peer, self.me)
-            except ValueError:  # a low-order point: a broken or hostile card
-                raise DeploymentError(f"party {peer!r} has an unusable box_pub in deployment "
-                                      f"{deployment.name!r}; regenerate its keys") from None
+        self.meet(self.me, self.ephemeral_pub)
         self._next_seq: dict[str, int] = {}
         self._highest: dict[str, int] = {}
         self._seen: dict[str, set[int]] = {}
 
+    def meet(self, peer: str, ephemeral_pub: bytes) -> bool:
+        """Take ``peer``'s ephemeral public key for this run (from its presence message,
+        whose identity signature the caller checked) and derive the pair's keys.
+        Returns False if it was already known."""
+        info = self.deployment.parties.get(peer)
+        if info is None:
+            raise DeploymentError(f"{peer!r} is not a party of deployment {self.deployment.name!r}")
+        if self._peer_eph.get(peer) == ephemeral_pub:
+            return False
+        try:
+            theirs = X25519PublicKey.from_public_bytes(bytes(ephemeral_pub))
+            fresh = self._ephemeral.exchange(theirs)
+            static = self.keys.box_key.exchange(X25519PublicKey.from_public_bytes(info.box_pub))
+        except ValueError:  # a low-order point: a broken or hostile key
+            raise DeploymentError(f"party {peer!r} announced an unusable key in deployment "
+                                  f"{self.deployment.name!r}") from None
+        dep, mine = self.deployment.name, self.ephemeral_pub
+        self._send_keys[peer] = _pair_key(fresh, static, dep, self.session, self.me, peer,
+                                          mine, bytes(ephemeral_pub))
+        self._recv_keys[peer] = _pair_key(fresh, static, dep, self.session, peer, self.me,
+                                          bytes(ephemeral_pub), mine)
+        self._peer_eph[peer] = bytes(ephemeral_pub)
+        return True
+
+    def knows(self, peer: str) -> bool:
+        return peer in self._send_keys
+
     def seal(self, recipient: str, protocol: str, step: str, payload: bytes,
              kind: str = "msg") -> Sealed:
-        if recipient not in self._send_keys:
+        if recipient not in self.deployment.parties:
             raise DeploymentError(f"cannot send to {recipient!r}: not a party of deployment "
                                   f"{self.deployment.name!r}")
+        if recipient not in self._send_keys:
+            raise EnvelopeError("unannounced", f"no session key for {recipient!r} yet: it has "
+                                "not announced itself in this session")
         if kind not in KINDS:
             raise ValueError(f"envelope kind must be one of {KINDS}, got {kind!r}")
         if not protocol or not step or not isinstance(protocol, str) or not isinstance(step, str):
@@ -271,11 +318,15 @@ class Sealer:
         if seq in self._seen.get(sender, ()):
             raise DuplicateEnvelope(f"seq {seq} from {sender!r} in session {self.session!r} "
                                     "was already received")
+        if sender not in self._recv_keys:
+            raise EnvelopeError("unannounced", f"no session key from {sender!r} yet (its "
+                                "announcement has not arrived)")
         try:
             payload = self._recv_keys[sender].decrypt(nonce, ciphertext, header_bytes)
         except InvalidTag:
             raise EnvelopeError("decrypt", f"message from {sender!r} failed authentication "
-                                "(encrypted for another key)") from None
+                                "(encrypted for another key, or in another run of this "
+                                "session)") from None
         self._remember(sender, seq)
         return Opened(header, payload, digest, signature, len(data))
 

@@ -39,7 +39,7 @@ from mpc import wire
 from mpc.channel import Channel, ChannelError, Mailbox, split_kind
 
 from .envelope import DuplicateEnvelope, EnvelopeError, Sealer
-from .identity import Deployment, PrivateKeys
+from .identity import Deployment, DeploymentError, PrivateKeys
 from .transcript import Transcript
 
 log = logging.getLogger("confidant.mqtt")
@@ -56,8 +56,9 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def _presence_message(party: str, session: str, status: str, sent: dict[str, int],
-                      have: dict[str, int]) -> bytes:
-    return _PRESENCE_DOMAIN + f"{party}\x00{session}\x00{status}\x00{_counts(sent)}\x00{_counts(have)}".encode()
+                      have: dict[str, int], ephemeral: bytes) -> bytes:
+    text = f"{party}\x00{session}\x00{status}\x00{_counts(sent)}\x00{_counts(have)}\x00"
+    return _PRESENCE_DOMAIN + text.encode() + ephemeral
 
 
 class _Outgoing:
@@ -97,6 +98,8 @@ class MqttChannel(Channel):
         self._pending_gone: dict[str, int] = {}
         self._online: set[str] = set()
         self._seen: set[str] = set()   # peers that announced themselves in this session
+        # signed envelopes that came before their sender's announcement (other topic)
+        self._early_envelopes: dict[str, list[bytes]] = {p: [] for p in self.peers}
         self.rejected = 0
         self.sent_bytes = 0
         self.sent_messages = 0
@@ -158,6 +161,11 @@ class MqttChannel(Channel):
                              kind: str = "msg") -> None:
         if self._closing:
             raise ChannelError(f"party '{self.me}' has closed its channel")
+        if not self.sealer.knows(to):
+            error = ChannelError(f"party '{to}' has not announced itself in session "
+                                 f"{self.session!r} (no session key yet)")
+            error.peer = to
+            raise error
         sealed = self.sealer.seal(to, protocol, step, payload, kind=kind)
         self.transcript.record("sent", sealed.header, size=sealed.size, digest=sealed.digest,
                                signature=sealed.signature)
@@ -190,9 +198,11 @@ class MqttChannel(Channel):
         # only the rest); a graceful 'offline' how much we sent to each of them.
         sent = dict(self._sent) if status == "offline" and self._closing else {}
         have = dict(self._have) if status == "online" else {}
-        sig = self.keys.sign_key.sign(_presence_message(self.me, self.session, status, sent, have))
+        eph = self.sealer.ephemeral_pub
+        sig = self.keys.sign_key.sign(_presence_message(self.me, self.session, status, sent, have,
+                                                        eph))
         return wire.encode({"party": self.me, "session": self.session, "status": status,
-                            "sent": sent, "have": have, "sig": sig})
+                            "sent": sent, "have": have, "eph": eph, "sig": sig})
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self.deployment.uses_tls:
@@ -264,6 +274,11 @@ class MqttChannel(Channel):
         try:
             opened = self.sealer.open(data)
         except EnvelopeError as e:
+            if e.reason == "unannounced":  # authentic, its sender's key is still on its way
+                early = self._early_envelopes[Sealer.peek_header(data).sender]
+                if len(early) < OUTBOX_PER_PEER:
+                    early.append(data)
+                    return
             # A duplicate is a QoS 1 redelivery, a peer's re-send after a broker
             # restart, or a replay: routine, so only logged at debug level, but
             # recorded like every refusal so the transcript shows what arrived.
@@ -304,13 +319,22 @@ class MqttChannel(Channel):
             p = wire.decode(data)
             sent = {str(k): int(v) for k, v in p["sent"].items()}
             have = {str(k): int(v) for k, v in p["have"].items()}
+            eph = bytes(p["eph"])
             self._verify[peer].verify(bytes(p["sig"]), _presence_message(
-                peer, str(p["session"]), str(p["status"]), sent, have))
+                peer, str(p["session"]), str(p["status"]), sent, have, eph))
         except (wire.WireError, KeyError, TypeError, ValueError, AttributeError, InvalidSignature):
             log.warning("%s: ignored a malformed or forged presence message for '%s'", self.me, peer)
             return
         if p["session"] != self.session:
             return  # a retained message from an earlier session
+        try:
+            if self.sealer.meet(peer, eph):
+                for data in self._early_envelopes[peer]:
+                    self._on_envelope(data)
+                self._early_envelopes[peer] = []
+        except DeploymentError as e:
+            log.warning("%s: ignored an announcement of '%s' (%s)", self.me, peer, e)
+            return
         self._seen.add(peer)
         if p["status"] == "online":
             # It (re)subscribed: what it does not hold yet may have gone nowhere.

@@ -29,7 +29,7 @@ from mpc.channel import ChannelError, Conformance
 from .identity import Deployment, DeploymentError, PrivateKeys
 from .mqtt_channel import MqttChannel
 from .resources import open_resources
-from .transcript import Transcript, transcript_path
+from .transcript import Transcript, sealed_sessions, transcript_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -84,6 +84,11 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
     record: dict[str, Any] = {"party": name, "role": roles[name], "protocol": protocol,
                               "session": session}
     started = time.monotonic()
+    if session in sealed_sessions(transcript_path(workdir, name)):
+        # Its keys, transcript lines and Hash-Comb tables would repeat: refuse, before connecting.
+        raise DeploymentError(f"session {session!r} was already completed by {name} (sealed in "
+                              f"{transcript_path(workdir, name)}); every run needs a new "
+                              "session id, e.g. --session $(date +%s)")
     transcript = Transcript(transcript_path(workdir, name), name, keys.sign_key)
     try:
         channel = MqttChannel(deployment, keys, session, transcript)
@@ -185,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
     except ChannelError as e:
         print(f"confidant party {args.name}: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except DeploymentError as e:  # e.g. a session id this party already completed
+        print(f"confidant party {args.name}: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILED
     if not record["ok"]:

@@ -177,3 +177,20 @@ def last_ledger_head(path: str | os.PathLike[str]) -> tuple[int, str] | None:
         if isinstance(line, dict) and line.get("event") == LEDGER:
             head = (int(line["seq"]), str(line["hash"]))
     return head
+
+
+def sealed_sessions(path: str | os.PathLike[str]) -> set[str]:
+    """Sessions a transcript file has sealed (completed)."""
+    sessions = set()
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except FileNotFoundError:
+        return sessions
+    for raw in lines:
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and line.get("event") == SEAL:
+            sessions.add(str(line.get("session")))
+    return sessions

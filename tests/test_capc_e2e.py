@@ -162,7 +162,8 @@ def test_answering_party_process_killed_mid_run(tmp_path):
     with EmbeddedBroker() as broker:
         cmd = [sys.executable, "-u", str(ROOT / "run_parties.py"), "--broker", broker.url,
                "--runs-dir", str(tmp_path), "capc", "--mode", "plaintext", "--parties", "4",
-               "--queries", "12", "--batch-size", "4", "--epochs", "3", "--sigma-gnmax", "0.5"]
+               "--queries", "12", "--batch-size", "4", "--epochs", "3", "--sigma-gnmax", "0.5",
+               "--budget", "1e4"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 cwd=ROOT)
         killed, lines = False, []

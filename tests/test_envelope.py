@@ -38,10 +38,25 @@ def world() -> tuple[Deployment, dict[str, PrivateKeys]]:
     return dep, keys
 
 
+_LATEST: dict[tuple[int, str], dict[str, Sealer]] = {}
+
+
 def sealer(name: str, session: str = "s1", window: int = 4096,
            dep: Deployment | None = None) -> Sealer:
+    """A party's sealer, introduced (ephemeral keys exchanged, as presence messages do)
+    to the latest sealer of every other party of the same deployment and session."""
     d, keys = world()
-    return Sealer(dep or d, keys[name], session, window=window)
+    s = Sealer(dep or d, keys[name], session, window=window)
+    roster = _LATEST.setdefault((id(s.deployment), session), {})
+    roster[name] = s
+    for other_name in s.deployment.parties:  # everyone has announced itself
+        if other_name not in roster and other_name in keys:
+            roster[other_name] = Sealer(s.deployment, keys[other_name], session)
+    for other in roster.values():
+        if other is not s:
+            s.meet(other.me, other.ephemeral_pub)
+            other.meet(s.me, s.ephemeral_pub)
+    return s
 
 
 def reason_of(data: bytes, opener: Sealer) -> str:
@@ -150,6 +165,7 @@ def test_unknown_sender_wrong_recipient_session_deployment_version():
     mallory = PrivateKeys.generate("mallory")
     bigger = dataclasses.replace(dep, parties={**dep.parties, "mallory": mallory.card("owner")})
     m = Sealer(bigger, mallory, "s1")
+    m.meet("bob", b.ephemeral_pub)  # bob's announcement is public
     assert reason_of(m.seal("bob", "p", "s", b"x").data, b) == "unknown-sender"
     assert reason_of(sealer("alice").seal("carol", "p", "s", b"x").data, b) == "recipient"
     assert reason_of(sealer("alice", session="s2").seal("bob", "p", "s", b"x").data, b) == "session"
@@ -174,11 +190,13 @@ def test_replay_and_window():
     assert reason_of(sealed[4].data, b) == "out-of-window"  # 4 + 4 <= 9
     assert reason_of(sealed[9].data, b) == "duplicate"
     # A failed open does not consume the sequence number.
-    c = sealer("bob", window=4)
-    bad = bytearray(wire.decode(sealed[0].data)[3])
+    c = sealer("bob", window=4)  # a new run of bob: alice's old envelopes do not open
+    assert reason_of(sealed[0].data, c) == "decrypt"
+    fresh = a.seal("bob", "p", "s", b"\x00")
+    bad = bytearray(wire.decode(fresh.data)[3])
     bad[5] ^= 0xFF
-    assert reason_of(repack(sealed[0].data, 3, bytes(bad)), c) == "signature"
-    assert c.open(sealed[0].data).payload == b"\x00"
+    assert reason_of(repack(fresh.data, 3, bytes(bad)), c) == "signature"
+    assert c.open(fresh.data).payload == b"\x00"
 
 
 def test_window_memory_stays_bounded():

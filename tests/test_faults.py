@@ -43,7 +43,9 @@ def outsider_envelope(dep: Deployment, session: str, to: str) -> bytes:
     doc = dep.to_dict()
     doc["party"].append(mallory.card("player").to_toml())
     wider = Deployment.from_dict(doc)
-    return Sealer(wider, mallory, session).seal(to, "pingpong", "ball", wire.encode({"n": 0})).data
+    sealer = Sealer(wider, mallory, session)
+    sealer.meet(to, Sealer(wider, mallory, session).ephemeral_pub)  # any key: it never decrypts
+    return sealer.seal(to, "pingpong", "ball", wire.encode({"n": 0})).data
 
 
 async def inject(broker, session: str, victim: str, other: str) -> dict[str, bytes]:

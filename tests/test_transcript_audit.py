@@ -13,7 +13,7 @@ import pytest
 
 from parties.audit import audit_run
 from parties.cli import main as cli_main
-from parties.envelope import EnvelopeError, Sealer
+from parties.envelope import EnvelopeError, Sealer, introduce
 from parties.identity import PrivateKeys, new_local_deployment
 from parties.transcript import Transcript, canonical, line_hash, transcript_path
 
@@ -34,6 +34,7 @@ class Sim:
         self.dep = Deployment.load(run_dir / "deployment.toml")
         self.keys = {n: PrivateKeys.load(run_dir / "keys" / f"{n}.key") for n in self.dep.parties}
         self.sealers = {n: Sealer(self.dep, k, session) for n, k in self.keys.items()}
+        introduce(*self.sealers.values())
         self.tr = {n: Transcript(transcript_path(run_dir, n), n, k.sign_key)
                    for n, k in self.keys.items()}
 
@@ -242,6 +243,8 @@ def test_sequence_gap(tmp_path):
 def test_equivocation_same_seq_two_messages(tmp_path):
     sim = Sim(tmp_path)
     twin = Sealer(sim.dep, sim.keys["alice"], sim.session)
+    twin.meet("bob", sim.sealers["bob"].ephemeral_pub)
+    sim.sealers["bob"].meet("alice", twin.ephemeral_pub)  # a second announcement wins
     sim.send("alice", "bob", "share", deliver=False)
     sim.deliver(twin.seal("bob", "toy", "share", b"other").data, "bob")
     sim.finish()
