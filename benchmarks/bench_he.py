@@ -65,6 +65,17 @@ def measure(name: str, model: nn.Module, shape: tuple[int, ...], batch: int | No
     outb, rb = plan.evaluate(encb)
     batch_s = time.perf_counter() - t
     ab = outb.serialize()
+    # What the mask (uniform polynomial + re-randomization + exact share decoding) costs:
+    # the same evaluation unmasked, and the QP's plain decryption of it.
+    t = time.perf_counter()
+    plainb, _ = plan.evaluate(encb, mask=False)
+    unmasked_s = time.perf_counter() - t
+    t = time.perf_counter()
+    he.decrypt_share(keys, outb)
+    share_s = time.perf_counter() - t
+    t = time.perf_counter()
+    he.decrypt(keys, plainb)
+    decrypt_s = time.perf_counter() - t
     with torch.no_grad():
         ref = model(xb).double()
     got = he.reveal(keys, outb, rb)
@@ -72,7 +83,8 @@ def measure(name: str, model: nn.Module, shape: tuple[int, ...], batch: int | No
         "name": name, "plan": plan, "params": keys.params, "keygen_s": keygen_s,
         "ctx_single": ctx_single, "ctx_batch": ctx_batch, "single_s": single_s, "single_cold": single_cold,
         "single_up": len(q1), "single_down": len(a1), "err1": err1, "batch": nb,
-        "batch_s": batch_s, "qps": nb / batch_s, "batch_up": len(qb) / nb, "batch_down": len(ab) / nb,
+        "batch_s": batch_s, "unmasked_s": unmasked_s, "share_s": share_s, "decrypt_s": decrypt_s,
+        "qps": nb / batch_s, "batch_up": len(qb) / nb, "batch_down": len(ab) / nb,
         "errb": float((got - ref).abs().max()),
         "agree": float((got.argmax(1) == ref.argmax(1)).double().mean()),
     }
@@ -107,6 +119,10 @@ def main() -> None:
     add("batch size", lambda r: f"{r['batch']}")
     add("batch throughput", lambda r: f"{r['qps']:.1f} q/s ({r['batch_s']:.1f} s)",
         "aim >= 200 q/s CryptoNets")
+    add("batch eval masked / unmasked", lambda r: f"{r['batch_s']:.2f} s / {r['unmasked_s']:.2f} s",
+        "mask + re-randomization + AP's share decoding")
+    add("QP: decrypt_share / plain decrypt", lambda r: f"{r['share_s']:.2f} s / {r['decrypt_s']:.2f} s",
+        "exact Z_2^64 shares of all used slots")
     add("batch: bytes/query up / down", lambda r: f"{r['batch_up'] / 1e3:.1f} kB / {r['batch_down']:.0f} B")
     add("keygen", lambda r: f"{r['keygen_s']:.2f} s")
     add("public context (with / without Galois)",
