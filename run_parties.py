@@ -288,6 +288,10 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
     params_file.write_text(json.dumps(scenario.params))
     procs: dict[str, asyncio.subprocess.Process] = {}
     pumps = []
+    import protocols
+    insecure = protocols.check_params(scenario.protocol, scenario.params).insecure()
+    if insecure:
+        console.print("[yellow]INSECURE simulation:[/] " + "; ".join(insecure))
     for name, _ in scenario.parties:  # an earlier session's result must not stand in for this one
         (run_dir / "results" / f"{name}.json").unlink(missing_ok=True)
     try:
@@ -299,6 +303,8 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
                 "--protocol", scenario.protocol, "--session", session,
                 "--params", f"@{params_file}", "--workdir", str(run_dir),
                 *scenario.extra_args.get(name, []),
+                # the user of this one-machine simulation asked for these parameters
+                *(["--allow-insecure"] if insecure else []),
                 stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True)
             log.close()
             pumps.append(asyncio.create_task(_pump(procs[name].stdout, name)))

@@ -67,7 +67,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, session: str,
                     params: dict[str, Any], workdir: Path, peer_timeout: float = 60.0,
-                    ledger_path: Path | None = None) -> dict:
+                    ledger_path: Path | None = None, insecure: list[str] | None = None) -> dict:
     """Connect, run this party's role of ``protocol``, and report. Returns the result record."""
     import protocols
     from protocols import RoleContext
@@ -83,6 +83,8 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
 
     record: dict[str, Any] = {"party": name, "role": roles[name], "protocol": protocol,
                               "session": session}
+    if insecure:
+        record["insecure"] = insecure  # every result of such a run says so
     started = time.monotonic()
     if session in sealed_sessions(transcript_path(workdir, name)):
         # Its keys, transcript lines and Hash-Comb tables would repeat: refuse, before connecting.
@@ -147,6 +149,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="public protocol parameters as JSON, or @FILE holding JSON")
     parser.add_argument("--workdir", help="where transcripts, results and state go "
                                           "(default: the deployment file's folder)")
+    parser.add_argument("--allow-insecure", action="store_true",
+                        help="accept simulation parameters that switch security off (e.g. "
+                             "capc mode=plaintext or noise_seed); the result says so")
     parser.add_argument("--ledger", help="privacy guardian: its budget ledger file "
                                          "(default: WORKDIR/ledger/NAME.jsonl)")
     parser.add_argument("--peer-timeout", type=float, default=60.0,
@@ -172,7 +177,12 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(params, dict):
             raise ValueError("parameters must be a JSON object")
         protocols.role_function(args.protocol, deployment.role_of(args.name))
-        protocols.check_params(args.protocol, params)   # bad parameters fail before connecting
+        typed = protocols.check_params(args.protocol, params)  # bad parameters fail before connecting
+        insecure = typed.insecure()
+        if insecure and not args.allow_insecure:
+            raise ValueError("these parameters make the run insecure (" + "; ".join(insecure)
+                             + "); this party refuses them unless its operator starts it with "
+                             "--allow-insecure")
     except json.JSONDecodeError as e:
         print(f"confidant party: --params is not valid JSON ({e}); pass a JSON object, "
               "e.g. '{\"queries\": 100}', or @FILE", file=sys.stderr)
@@ -186,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         record = asyncio.run(run_party(deployment, keys, args.protocol, args.session, params,
                                        workdir, args.peer_timeout,
-                                       Path(args.ledger) if args.ledger else None))
+                                       Path(args.ledger) if args.ledger else None,
+                                       insecure=insecure))
     except ChannelError as e:
         print(f"confidant party {args.name}: {e}", file=sys.stderr)
         return EXIT_FAILED

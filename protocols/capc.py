@@ -113,6 +113,14 @@ class CapcParams(Params):
             problems.append(f"noise_seed must be >= 0 (or null for OS noise), got {self.noise_seed}")
         return problems
 
+    def insecure(self) -> list[str]:
+        reasons = []
+        if self.mode == "plaintext":
+            reasons.append("mode=plaintext: queries, logits and votes cross in the clear")
+        if self.noise_seed is not None:
+            reasons.append("noise_seed: the guardian's privacy noise is predictable")
+        return reasons
+
     def batches(self) -> list[range]:
         q, b = self.queries, self.batch_size
         return [range(i, min(i + b, q)) for i in range(0, q, b)]

@@ -83,6 +83,9 @@ class FLConfig(Params):
     mask: bool = True           # per-coordinate token masking
     timeout: float = 120.0
 
+    def insecure(self) -> list[str]:
+        return [] if self.mask else ["mask=false: equal tokens show equal values across coordinates"]
+
     def check(self) -> list[str]:
         checks = [
             (self.encoding in ENCODINGS, f"encoding must be one of {ENCODINGS}"),

@@ -76,6 +76,12 @@ class Params:
         """Every problem with the values, each saying what to do; empty when all is well."""
         return []
 
+    def insecure(self) -> list[str]:
+        """What these values switch off that a deployment relies on (simulation modes).
+        A party runs them only when its own operator opts in (`confidant party
+        --allow-insecure`), and its result then says so."""
+        return []
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -120,6 +120,8 @@ def test_guardian_restarted_between_sessions_keeps_its_budget(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     first, second = (json.loads((Path(d) / "results.json").read_text())
                      for d in out.stdout.strip().splitlines()[-2:])
+    # a plaintext simulation: every party's result says so
+    assert all("mode=plaintext" in r["insecure"][0] for r in first["parties"].values())
     pg1, pg2 = first["parties"]["guardian"]["result"], second["parties"]["guardian"]["result"]
     qp2 = second["parties"]["party2"]["result"]
     assert pg1["granted"] > 0 and pg2["epsilon"] > pg1["epsilon"]

@@ -63,3 +63,21 @@ def test_a_party_refuses_a_session_it_already_completed(world):
         t.seal(SESSION)
     with pytest.raises(DeploymentError, match="already completed by alice"):
         asyncio.run(run_party(dep, keys["alice"], "pingpong", SESSION, {}, run_dir))
+
+
+@pytest.mark.parametrize("params", [{"mode": "plaintext"}, {"noise_seed": 3}])
+def test_a_party_refuses_insecure_parameters_unless_its_operator_opts_in(tmp_path, params):
+    import json
+    import subprocess
+    import sys
+    new_local_deployment(tmp_path, [("qp", "qp"), ("ap", "ap"), ("pg", "pg"), ("dealer", "dealer")],
+                         "mqtt://127.0.0.1:9", name="insecure-test")
+    cmd = [sys.executable, "-m", "parties.party", "--deployment", str(tmp_path / "deployment.toml"),
+           "--name", "ap", "--key", str(tmp_path / "keys" / "ap.key"), "--protocol", "capc",
+           "--session", "s", "--params", json.dumps(params), "--peer-timeout", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--allow-insecure" in out.stderr, out.stderr[-500:]
+    assert "Traceback" not in out.stderr
+    # with the local opt-in it gets past the check (and then finds no broker on port 9)
+    out = subprocess.run(cmd + ["--allow-insecure"], capture_output=True, text=True, timeout=120)
+    assert "--allow-insecure" not in out.stderr and "broker" in out.stderr, out.stderr[-500:]
