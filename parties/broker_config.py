@@ -1,4 +1,4 @@
-"""Mosquitto configuration for a deployment: listener, passwords, ACL, optional TLS.
+"""Mosquitto configuration for a deployment: listener, TLS, passwords, ACL.
 
 Topic scheme (``Deployment.inbox_topic`` / ``presence_topic``)::
 
@@ -12,6 +12,14 @@ party from *claiming* to be someone else inside a message it publishes to a
 peer's inbox: that is what the sender's Ed25519 signature on every envelope
 is for. The broker is untrusted either way; the ACL only narrows what a
 stolen password or a buggy client can do.
+
+TLS: with an ``mqtts://`` broker URL and only ``[deployment.tls] ca`` given,
+broker-config makes a CA at that path (its key in ``OUT/tls/ca.key``), the
+broker's certificate and one client certificate per party (``OUT/tls/clients``),
+and Mosquitto requires both a party's certificate and its password. With the
+broker's own ``certfile``/``keyfile`` in ``[deployment.tls]`` (your own PKI), the
+listener uses those and checks passwords only. ``use_username_as_clientid``
+stops a party from taking over another's MQTT session by reusing its client id.
 
 An optional ``admin`` user may read and write every topic of the deployment;
 it is meant for test recorders and fault injection, not for production.
@@ -27,6 +35,7 @@ import tomli_w
 
 from mpc import randomness
 
+from . import pki
 from .identity import TOPIC_PREFIX, Deployment, DeploymentError, mosquitto_password_hash
 
 ADMIN_USER = "admin"
@@ -41,6 +50,8 @@ class BrokerConfig:
     acl: Path
     port: int
     bind: str | None
+    tls: str                                 # "generated", "own" (the deployment's PKI) or "off"
+    clients: dict[str, pki.IssuedPair]       # generated client certificates, by user
 
 
 def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
@@ -79,12 +90,14 @@ def acl_text(deployment: Deployment, admin: bool = False) -> str:
 
 def write_broker_config(deployment: Deployment, out_dir: str | os.PathLike[str], *,
                         port: int | None = None, bind: str | None = None,
-                        admin_password_hash: str | None = None) -> BrokerConfig:
-    """Write ``mosquitto.conf``, ``passwd`` and ``acl`` into ``out_dir``.
+                        admin_password_hash: str | None = None,
+                        hosts: tuple[str, ...] = ()) -> BrokerConfig:
+    """Write ``mosquitto.conf``, ``passwd`` and ``acl`` into ``out_dir`` (and ``tls/``).
 
     ``port`` defaults to the port of the deployment's broker URL; ``bind``
     to all interfaces (parties on other machines must reach it). With an
-    ``mqtts://`` URL the listener uses TLS with the deployment's CA, cert and key.
+    ``mqtts://`` URL the listener uses TLS (see the module docstring); ``hosts``
+    are extra names or addresses for the broker's generated certificate.
     """
     if admin_password_hash is not None and ADMIN_USER in deployment.parties:
         raise DeploymentError(f"a party is named {ADMIN_USER!r}, which clashes with the admin "
@@ -92,16 +105,14 @@ def write_broker_config(deployment: Deployment, out_dir: str | os.PathLike[str],
     port = deployment.broker_port if port is None else port
     if not 1 <= port <= 65535:
         raise DeploymentError(f"port {port} is not a TCP port")
-    tls = deployment.tls
-    if deployment.uses_tls and (tls is None or not tls.certfile or not tls.keyfile):
-        raise DeploymentError("broker_url uses mqtts:// but [deployment.tls] lacks the broker's "
-                              "certfile and keyfile; add them (paths on the broker machine)")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     passwd, acl, conf = out / "passwd", out / "acl", out / "mosquitto.conf"
     entries = [f"{p.name}:{p.mqtt_password_hash}" for p in deployment.parties.values()]
     if admin_password_hash is not None:
         entries.append(f"{ADMIN_USER}:{admin_password_hash}")
+    users = [*deployment.parties, *([ADMIN_USER] if admin_password_hash is not None else [])]
+    tls_mode, tls_lines, clients = _tls(deployment, out, users, hosts)
     _write_private(passwd, "\n".join(entries) + "\n")
     _write_private(acl, acl_text(deployment, admin_password_hash is not None))
     lines = [
@@ -122,12 +133,41 @@ def write_broker_config(deployment: Deployment, out_dir: str | os.PathLike[str],
         "log_type notice",
         "",
         f"listener {port}" + (f" {bind}" if bind else ""),
+        "# The client id is the user name: no party can take over another's session.",
+        "# (A listener setting: above the listener line, Mosquitto would open port 1883.)",
+        "use_username_as_clientid true",
+        *tls_lines,
     ]
-    if deployment.uses_tls and tls is not None and tls.certfile and tls.keyfile:
-        lines += [f"certfile {Path(tls.certfile).resolve()}",
-                  f"keyfile {Path(tls.keyfile).resolve()}",
-                  "tls_version tlsv1.2"]
-        if tls.ca:
-            lines.append(f"cafile {Path(tls.ca).resolve()}")
     _write_private(conf, "\n".join(lines) + "\n", mode=0o644)
-    return BrokerConfig(conf, passwd, acl, port, bind)
+    return BrokerConfig(conf, passwd, acl, port, bind, tls_mode, clients)
+
+
+def _tls(deployment: Deployment, out: Path, users: list[str], hosts: tuple[str, ...]
+         ) -> tuple[str, list[str], dict[str, pki.IssuedPair]]:
+    """The listener's TLS lines: none, the deployment's own PKI, or a generated one."""
+    tls = deployment.tls
+    if not deployment.uses_tls or tls is None or tls.ca is None:
+        return "off", [], {}
+    if tls.certfile and tls.keyfile:
+        return "own", [f"cafile {Path(tls.ca).resolve()}",
+                       f"certfile {Path(tls.certfile).resolve()}",
+                       f"keyfile {Path(tls.keyfile).resolve()}", "tls_version tlsv1.2"], {}
+    ca_cert, ca_key = Path(tls.ca).resolve(), out / "tls" / "ca.key"
+    try:
+        if ca_cert.exists():
+            if not ca_key.exists():
+                raise DeploymentError(
+                    f"the deployment's CA {ca_cert} exists but its key {ca_key} does not: give "
+                    "the broker's certfile and keyfile from your own PKI in [deployment.tls], "
+                    f"or remove {ca_cert} to have broker-config make a new CA")
+            ca = pki.load_authority(ca_cert, ca_key)
+        else:
+            ca = pki.new_authority(ca_cert, ca_key, deployment.name)
+    except pki.PkiError as e:
+        raise DeploymentError(str(e)) from None
+    broker = pki.issue(ca, deployment.broker_host, out / "tls" / "broker",
+                       hosts=list(dict.fromkeys([deployment.broker_host, *hosts])))
+    clients = {u: pki.issue(ca, u, out / "tls" / "clients" / u) for u in users}
+    return "generated", [f"cafile {ca_cert}", f"certfile {broker.cert}", f"keyfile {broker.key}",
+                         "require_certificate true", "use_identity_as_username false",
+                         "tls_version tlsv1.2"], clients

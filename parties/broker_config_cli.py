@@ -1,4 +1,4 @@
-"""`confidant broker-config DEPLOYMENT --out DIR`: Mosquitto config, passwords and ACL."""
+"""`confidant broker-config DEPLOYMENT --out DIR`: Mosquitto config, TLS, passwords and ACL."""
 
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="listener port (default: the port of the deployment's broker_url)")
     parser.add_argument("--bind", default=None,
                         help="address to listen on (default: all interfaces)")
+    parser.add_argument("--host", action="append", default=[], metavar="NAME",
+                        help="another name or address of the broker for its TLS certificate "
+                             "(repeatable; the broker_url's host is always included)")
+    parser.add_argument("--no-tls", action="store_true",
+                        help="accept an mqtt:// broker_url: passwords and traffic to the broker "
+                             "in the clear; only for a broker on loopback")
     admin = parser.add_mutually_exclusive_group()
     admin.add_argument("--admin-password-hash", default=None,
                        help="add an 'admin' user (all topics of the deployment) with this "
@@ -27,6 +33,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         deployment = Deployment.load(args.deployment)
+        if not deployment.uses_tls and not args.no_tls:
+            raise DeploymentError(
+                f"broker_url {deployment.broker_url!r} is mqtt://: MQTT passwords would reach the "
+                "broker in the clear. Write broker_url = 'mqtts://HOST:8883' and [deployment.tls] "
+                "ca = 'ca.crt' (broker-config then makes that CA, the broker's certificate and "
+                "one per party), or pass --no-tls for a broker that only listens on loopback")
         admin_hash = args.admin_password_hash
         if admin_hash is not None and not PASSWORD_HASH_RE.match(admin_hash):
             raise DeploymentError("--admin-password-hash must be a Mosquitto '$7$' hash "
@@ -34,13 +46,23 @@ def run(args: argparse.Namespace) -> int:
         if args.admin_credentials:
             admin_hash = new_admin_credentials(args.admin_credentials)
         cfg = write_broker_config(deployment, args.out, port=args.port, bind=args.bind,
-                                  admin_password_hash=admin_hash)
+                                  admin_password_hash=admin_hash, hosts=tuple(args.host))
     except (DeploymentError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {cfg.conf}, {cfg.passwd} and {cfg.acl}")
-    print(f"listener: port {cfg.port} on {cfg.bind or 'all interfaces'}"
-          + (" with TLS" if deployment.uses_tls else " WITHOUT TLS (use mqtts:// across machines)"))
+    where = f"listener: port {cfg.port} on {cfg.bind or 'all interfaces'}"
+    if cfg.tls == "generated":
+        print(f"{where} with TLS; the broker requires each party's certificate and password")
+        print(f"CA: {deployment.tls.ca} (give it to every party with deployment.toml); "
+              f"its key {cfg.conf.parent / 'tls' / 'ca.key'} stays here")
+        for user, pair in cfg.clients.items():
+            print(f"  {user}: {pair.cert} {pair.key} -> confidant party --tls-cert "
+                  f"{pair.cert.name} --tls-key {pair.key.name}")
+    elif cfg.tls == "own":
+        print(f"{where} with TLS (your own PKI; passwords, no client certificates)")
+    else:
+        print(f"{where} WITHOUT TLS (--no-tls): use mqtts:// across machines")
     print("If mosquitto runs as its own user, let it read the files: "
           f"chown mosquitto {cfg.passwd} {cfg.acl}")
     print(f"run: mosquitto -c {cfg.conf}")

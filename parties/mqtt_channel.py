@@ -35,7 +35,7 @@ import aiomqtt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from mpc import wire
+from mpc import randomness, wire
 from mpc.channel import Channel, ChannelError, Mailbox, split_kind
 
 from .envelope import DuplicateEnvelope, EnvelopeError, Sealer
@@ -74,9 +74,15 @@ class MqttChannel(Channel):
     """Channel for one party in one session. ``async with`` it, or call start()/close()."""
 
     def __init__(self, deployment: Deployment, keys: PrivateKeys, session: str,
-                 transcript: Transcript, *, connect_timeout: float = 30.0):
+                 transcript: Transcript, *, connect_timeout: float = 30.0,
+                 client_cert: tuple[str, str] | None = None):
         self.deployment, self.keys, self.session = deployment, keys, session
+        self.client_cert = client_cert  # (certificate, key) files, when the broker asks for one
+        self._last_error: str | None = None
+        self._ssl = self._tls_context()
         self.me = keys.name
+        # Unguessable: a client that knows another's id could take over its session.
+        self.client_id = f"{self.me[:39]}-{randomness.token_bytes(12).hex()}"
         self.peers = tuple(n for n in deployment.parties if n != self.me)
         self.transcript = transcript
         self.sealer = Sealer(deployment, keys, session)
@@ -111,9 +117,11 @@ class MqttChannel(Channel):
             await asyncio.wait_for(self._connected.wait(), self.connect_timeout)
         except TimeoutError:
             self._runner.cancel()
-            raise ChannelError(f"party '{self.me}' could not reach the broker at "
+            why = (f"the last attempt failed with: {self._last_error}" if self._last_error
+                   else "is it running?")
+            raise ChannelError(f"party '{self.me}' could not connect to the broker at "
                                f"{self.deployment.broker_url} within {self.connect_timeout:g} s; "
-                               "is it running?") from None
+                               f"{why}") from None
         return self
 
     async def close(self) -> None:
@@ -209,6 +217,12 @@ class MqttChannel(Channel):
             return None
         tls = self.deployment.tls
         ctx = ssl.create_default_context(cafile=tls.ca if tls else None)
+        if self.client_cert is not None:
+            try:
+                ctx.load_cert_chain(*self.client_cert)
+            except (OSError, ssl.SSLError) as e:
+                raise DeploymentError(f"cannot use TLS client certificate {self.client_cert[0]} "
+                                      f"with key {self.client_cert[1]}: {e}") from None
         return ctx
 
     async def _run(self) -> None:
@@ -219,13 +233,13 @@ class MqttChannel(Channel):
             try:
                 async with aiomqtt.Client(
                         self.deployment.broker_host, self.deployment.broker_port,
-                        identifier=f"{self.deployment.name}-{self.me}-{self.session}"[:64],
+                        identifier=self.client_id,
                         username=self.me, password=self.keys.mqtt_password, will=will,
                         # A crashed process's socket closes at once, so the broker sends
                         # its last will immediately; keepalive only covers silent network
                         # loss. Long enough that CPU-heavy steps (training, HE) never trip it.
                         clean_session=True, keepalive=KEEPALIVE_SECONDS,
-                        tls_context=self._tls_context(),
+                        tls_context=self._ssl,
                         max_queued_incoming_messages=0,
                         # Nagle + delayed ACKs would add ~40 ms to every small message
                         socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)) as client:
@@ -243,6 +257,7 @@ class MqttChannel(Channel):
                     async for message in client.messages:
                         await self._dispatch(message)
             except aiomqtt.MqttError as e:
+                self._last_error = str(e)
                 self._connected.clear()
                 self._client = None
                 if self._closing:

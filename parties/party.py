@@ -67,7 +67,8 @@ def _write_json(path: Path, obj: dict) -> None:
 
 async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, session: str,
                     params: dict[str, Any], workdir: Path, peer_timeout: float = 60.0,
-                    ledger_path: Path | None = None, insecure: list[str] | None = None) -> dict:
+                    ledger_path: Path | None = None, insecure: list[str] | None = None,
+                    client_cert: tuple[str, str] | None = None) -> dict:
     """Connect, run this party's role of ``protocol``, and report. Returns the result record."""
     import protocols
     from protocols import RoleContext
@@ -93,7 +94,7 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
                               "session id, e.g. --session $(date +%s)")
     transcript = Transcript(transcript_path(workdir, name), name, keys.sign_key)
     try:
-        channel = MqttChannel(deployment, keys, session, transcript)
+        channel = MqttChannel(deployment, keys, session, transcript, client_cert=client_cert)
         channel.conformance = Conformance(module.NAME, module.RULES, roles)
         await channel.start()
         try:
@@ -149,6 +150,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="public protocol parameters as JSON, or @FILE holding JSON")
     parser.add_argument("--workdir", help="where transcripts, results and state go "
                                           "(default: the deployment file's folder)")
+    parser.add_argument("--tls-cert", help="this party's TLS client certificate, when the broker "
+                                           "requires one (from `confidant broker-config`)")
+    parser.add_argument("--tls-key", help="the private key of --tls-cert")
     parser.add_argument("--allow-insecure", action="store_true",
                         help="accept simulation parameters that switch security off (e.g. "
                              "capc mode=plaintext or noise_seed); the result says so")
@@ -159,6 +163,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads for this process (default 1: parties share cores)")
     parser.add_argument("--log-level", default="WARNING")
+
+
+def _client_cert(cert: str | None, key: str | None,
+                 deployment: Deployment) -> tuple[str, str] | None:
+    if (cert is None) != (key is None):
+        raise DeploymentError("give both --tls-cert and --tls-key, or neither")
+    if cert is None or key is None:
+        return None
+    if not deployment.uses_tls:
+        raise DeploymentError(f"--tls-cert was given but the deployment's broker_url "
+                              f"{deployment.broker_url!r} is not mqtts://")
+    for path in (cert, key):
+        if not Path(path).is_file():
+            raise DeploymentError(f"TLS file {path} does not exist")
+    return cert, key
 
 
 def run(args: argparse.Namespace) -> int:
@@ -177,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(params, dict):
             raise ValueError("parameters must be a JSON object")
         protocols.role_function(args.protocol, deployment.role_of(args.name))
+        client_cert = _client_cert(args.tls_cert, args.tls_key, deployment)
         typed = protocols.check_params(args.protocol, params)  # bad parameters fail before connecting
         insecure = typed.insecure()
         if insecure and not args.allow_insecure:
@@ -197,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         record = asyncio.run(run_party(deployment, keys, args.protocol, args.session, params,
                                        workdir, args.peer_timeout,
                                        Path(args.ledger) if args.ledger else None,
-                                       insecure=insecure))
+                                       insecure=insecure, client_cert=client_cert))
     except ChannelError as e:
         print(f"confidant party {args.name}: {e}", file=sys.stderr)
         return EXIT_FAILED

@@ -68,23 +68,27 @@ def test_errors(tmp_path):
     with pytest.raises(DeploymentError, match="clashes with the admin"):
         write_broker_config(clash, tmp_path / "b", admin_password_hash=dep.parties["bob"].mqtt_password_hash)
     doc = dep.to_dict()
-    doc["deployment"].update(broker_url="mqtts://h:8883", tls={"ca": "/x/ca.crt"})
-    with pytest.raises(DeploymentError, match="lacks the broker's certfile"):
+    (tmp_path / "ca.crt").write_text("someone else's CA")
+    doc["deployment"].update(broker_url="mqtts://h:8883", tls={"ca": str(tmp_path / "ca.crt")})
+    with pytest.raises(DeploymentError, match="exists but its key .* does not"):
         write_broker_config(Deployment.from_dict(doc), tmp_path / "b")
 
 
 def test_cli(tmp_path, capsys):
     make(tmp_path)
     out = tmp_path / "broker"
+    # TLS is the default: an mqtt:// deployment needs an explicit --no-tls
+    assert cli_main(["broker-config", str(tmp_path / "deployment.toml"), "--out", str(out)]) == 2
+    assert "in the clear" in capsys.readouterr().err and not out.exists()
     assert cli_main(["broker-config", str(tmp_path / "deployment.toml"), "--out", str(out),
-                     "--port", "1999", "--bind", "127.0.0.1",
+                     "--port", "1999", "--bind", "127.0.0.1", "--no-tls",
                      "--admin-credentials", str(tmp_path / "admin.toml")]) == 0
     assert "WITHOUT TLS" in capsys.readouterr().out
     assert "listener 1999 127.0.0.1" in (out / "mosquitto.conf").read_text()
     admin = tomllib.loads((tmp_path / "admin.toml").read_text())
     assert (out / "passwd").read_text().count(f"{admin['username']}:$7$") == 1
     assert cli_main(["broker-config", str(tmp_path / "deployment.toml"), "--out", str(out),
-                     "--admin-password-hash", "plaintext"]) == 2
+                     "--no-tls", "--admin-password-hash", "plaintext"]) == 2
     assert "$7$" in capsys.readouterr().err
     assert cli_main(["broker-config", str(tmp_path / "missing.toml"), "--out", str(out)]) == 2
 
@@ -234,3 +238,90 @@ async def test_tls_listener(tmp_path):
                 pass
     finally:
         stop_mosquitto(proc)
+
+
+def tls_deployment(tmp: Path) -> Deployment:
+    """An mqtts:// deployment naming only its CA file: broker-config makes the PKI."""
+    make(tmp)
+    doc = tomllib.loads((tmp / "deployment.toml").read_text())
+    doc["deployment"].update(broker_url="mqtts://127.0.0.1:8883", tls={"ca": "ca.crt"})
+    (tmp / "deployment.toml").write_text(tomli_w.dumps(doc))
+    return Deployment.load(tmp / "deployment.toml")
+
+
+def test_generated_pki_files(tmp_path, capsys):
+    dep = tls_deployment(tmp_path)
+    assert cli_main(["broker-config", str(tmp_path / "deployment.toml"), "--out",
+                     str(tmp_path / "broker"), "--host", "broker.example.org"]) == 0
+    printed = capsys.readouterr().out
+    assert "requires each party's certificate" in printed and "--tls-cert" in printed
+    from cryptography import x509
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    tls = tmp_path / "broker" / "tls"
+    assert stat.S_IMODE(os.stat(tls / "ca.key").st_mode) == 0o600
+    broker_cert = x509.load_pem_x509_certificate((tls / "broker.crt").read_bytes())
+    names = broker_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(n.value) for n in names} == {"127.0.0.1", "broker.example.org"}
+    for party in dep.parties:
+        cert = x509.load_pem_x509_certificate((tls / "clients" / f"{party}.crt").read_bytes())
+        cert.verify_directly_issued_by(ca)
+        assert stat.S_IMODE(os.stat(tls / "clients" / f"{party}.key").st_mode) == 0o600
+    conf = (tmp_path / "broker" / "mosquitto.conf").read_text()
+    assert "require_certificate true" in conf and "use_username_as_clientid true" in conf
+    # Run again: the same CA signs fresh certificates (parties keep their ca.crt).
+    write_broker_config(dep, tmp_path / "broker")
+    assert (tmp_path / "ca.crt").read_bytes() == ca.public_bytes(
+        __import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.PEM)
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    if not HAVE_MOSQUITTO:
+        pytest.skip(SKIP_REASON)
+    dep = tls_deployment(tmp_path)
+    pw = {n: PrivateKeys.load(tmp_path / "keys" / f"{n}.key").mqtt_password for n in dep.parties}
+    cfg = write_broker_config(dep, tmp_path / "broker")
+    port, proc = start_mosquitto(tmp_path / "broker")
+    yield dep, pw, port, cfg
+    stop_mosquitto(proc)
+
+
+def tls_client(dep: Deployment, cfg, port: int, user: str, password: str, *,
+               cert_of: str | None = None, identifier: str | None = None) -> aiomqtt.Client:
+    ctx = ssl.create_default_context(cafile=dep.tls.ca)
+    if cert_of is not None:
+        ctx.load_cert_chain(cfg.clients[cert_of].cert, cfg.clients[cert_of].key)
+    return client(port, user, password, tls_context=ctx, identifier=identifier)
+
+
+@pytest.mark.mosquitto
+async def test_generated_tls_needs_certificate_and_password(tls_broker):
+    """The network attacker: no plaintext listener, no login without a certificate of the
+    deployment's CA, and a certificate without the password does not do either."""
+    dep, pw, port, cfg = tls_broker
+    async with tls_client(dep, cfg, port, "alice", pw["alice"], cert_of="alice") as c:
+        await c.publish(dep.presence_topic("alice"), b"online", qos=1)
+    for attempt in [
+        lambda: client(port, "alice", pw["alice"], timeout=2),                      # plaintext
+        lambda: tls_client(dep, cfg, port, "alice", pw["alice"]),                   # no cert
+        lambda: tls_client(dep, cfg, port, "alice", pw["bob"], cert_of="alice"),    # wrong password
+    ]:
+        with pytest.raises((aiomqtt.MqttError, ssl.SSLError, OSError)):
+            async with attempt():
+                pass
+
+
+@pytest.mark.mosquitto
+async def test_a_party_cannot_take_over_another_session(tls_broker):
+    """A party that learns (or guesses) another party's client id connects with it: the
+    broker must not disconnect the victim (Mosquitto's takeover rule); with
+    use_username_as_clientid the id is the user name, so the takeover cannot happen."""
+    dep, pw, port, cfg = tls_broker
+    async with tls_client(dep, cfg, port, "alice", pw["alice"], cert_of="alice",
+                          identifier="alice-session") as alice:
+        await alice.subscribe(dep.inbox_topic("alice"), qos=1)
+        async with tls_client(dep, cfg, port, "bob", pw["bob"], cert_of="bob",
+                              identifier="alice-session") as bob:
+            await bob.publish(dep.inbox_topic("alice"), b"still there?", qos=1)
+            got = await first_message(alice, 5)
+            assert got is not None and got.payload == b"still there?"

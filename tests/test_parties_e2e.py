@@ -52,12 +52,15 @@ class Session:
             wd = self.workdirs[name]
             (wd / "logs").mkdir(parents=True, exist_ok=True)
             key = wd / f"{name}.key" if workdirs else run_dir / "keys" / f"{name}.key"
+            cert = wd / f"{name}.crt"  # a TLS client certificate handed out by broker-config
+            tls = ["--tls-cert", str(cert), "--tls-key", str(wd / f"{name}.tls.key")] \
+                if cert.exists() else []
             out = open(wd / "logs" / f"{name}.{self.session}.log", "wb")
             self.procs[name] = subprocess.Popen(
                 [*(command or [PY, "-m", "parties.party"]), "--deployment", str(wd / "deployment.toml"),
                  "--name", name, "--key", str(key), "--protocol", protocol,
                  "--session", self.session, "--params", json.dumps(params),
-                 "--workdir", str(wd), "--peer-timeout", "60"],
+                 "--workdir", str(wd), "--peer-timeout", "60", *tls],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             out.close()
 
@@ -301,9 +304,10 @@ def test_argmax2pc(kind, broker_factory):
 
 @pytest.mark.mosquitto
 def test_per_machine_flow_with_cli(tmp_path):
-    """keygen on each 'machine', a hand-assembled deployment.toml, broker-config, Mosquitto
-    from the generated config, `confidant party` per machine, then audit the collected
-    transcripts; then an owner that lost its state recovers the secret."""
+    """The README's per-machine example, TLS on: keygen on each 'machine', a hand-assembled
+    deployment.toml, broker-config (a CA, the broker's and each party's certificate),
+    Mosquitto from the generated config, `confidant party` per machine with its certificate,
+    then audit the collected transcripts; then an owner that lost its state recovers."""
     if not HAVE_MOSQUITTO:
         pytest.skip(SKIP_REASON)
     parties = owners(3)
@@ -317,16 +321,20 @@ def test_per_machine_flow_with_cli(tmp_path):
         cards.append(out[out.index("[[party]]"):])
         assert oct((machines[name] / f"{name}.key").stat().st_mode & 0o777) == "0o600"
     port = free_port()
-    deployment_toml = (f'[deployment]\nname = "clinics"\nbroker_url = "mqtt://127.0.0.1:{port}"\n\n'
-                       + "\n".join(cards))
+    deployment_toml = (f'[deployment]\nname = "clinics"\nbroker_url = "mqtts://127.0.0.1:{port}"\n'
+                       '[deployment.tls]\nca = "ca.crt"\n\n' + "\n".join(cards))
     coordinator = tmp_path / "coordinator"
     coordinator.mkdir()
     (coordinator / "deployment.toml").write_text(deployment_toml)
-    for m in machines.values():
-        shutil.copy(coordinator / "deployment.toml", m / "deployment.toml")
     subprocess.run([*CLI, "broker-config", str(coordinator / "deployment.toml"),
                     "--out", str(tmp_path / "broker"), "--bind", "127.0.0.1"],
                    cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+    clients = tmp_path / "broker" / "tls" / "clients"
+    for name, m in machines.items():  # what the operator hands to each machine
+        shutil.copy(coordinator / "deployment.toml", m / "deployment.toml")
+        shutil.copy(coordinator / "ca.crt", m / "ca.crt")
+        shutil.copy(clients / f"{name}.crt", m / f"{name}.crt")
+        shutil.copy(clients / f"{name}.key", m / f"{name}.tls.key")
     _, mosq = start_mosquitto(tmp_path / "broker", port=port)
     try:
         party_cmd = [PY, "-m", "parties.cli", "party"]
