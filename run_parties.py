@@ -274,7 +274,8 @@ async def _pump(stream: asyncio.StreamReader, name: str) -> None:
         console.print(f"  [cyan]{name:>12}[/] {msg}")
 
 
-async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeout: float) -> dict:
+async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeout: float,
+                      broker: EmbeddedBroker | None = None) -> dict:
     if scenario.same_run_dir and (run_dir / "deployment.toml").exists():
         deployment = Deployment.load(run_dir / "deployment.toml")
         if sorted((n, p.role) for n, p in deployment.parties.items()) != sorted(scenario.parties):
@@ -282,6 +283,8 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
     else:
         deployment = new_local_deployment(run_dir, scenario.parties, broker_url, name=run_dir.name,
                                           keep=scenario.keep_keys)
+    if broker is not None:
+        broker.admit(deployment)  # these parties, with these passwords, may log in
     session = secrets.token_hex(8)
     (run_dir / "logs").mkdir(exist_ok=True)
     params_file = run_dir / f"params-{scenario.protocol}.json"
@@ -373,7 +376,7 @@ async def main_async(args: argparse.Namespace, scenarios: list[Scenario]) -> int
                 dir_sessions = []
             console.print(f"[bold]{scenario.protocol}[/]: {len(scenario.parties)} party processes "
                           f"({i + 1}/{len(scenarios)})")
-            session = await run_session(run_dir, scenario, url, args.timeout)
+            session = await run_session(run_dir, scenario, url, args.timeout, broker)
             print_results(session)
             if scenario.report is not None:
                 scenario.report(run_dir, session)
@@ -388,7 +391,7 @@ async def main_async(args: argparse.Namespace, scenarios: list[Scenario]) -> int
             ok = ok and all_ok and report.ok
     finally:
         if broker:
-            broker.stop()
+            broker.close()
     for d in run_dirs:
         print(d)
     return 0 if ok else 1

@@ -68,6 +68,7 @@ class _Brokers:
                                                name=f"bench{secrets.token_hex(2)}")
         if kind == "amqtt":
             self._amqtt = EmbeddedBroker(self.port).start()
+            self._amqtt.admit(self.deployment)
         else:
             from parties.broker_config import write_broker_config
             from tests.mosquitto_fixture import start_mosquitto
@@ -76,7 +77,7 @@ class _Brokers:
 
     def stop(self) -> None:
         if self.kind == "amqtt":
-            self._amqtt.stop()
+            self._amqtt.close()
         else:
             from tests.mosquitto_fixture import stop_mosquitto
             stop_mosquitto(self._proc)

@@ -88,7 +88,7 @@ def _check(run_dir: Path, payloads: list[bytes], tmp_path: Path) -> None:
 
 
 def test_capc_between_processes_on_amqtt(tmp_path):
-    with EmbeddedBroker() as broker, Recorder(broker.port) as rec:
+    with EmbeddedBroker(allow_anonymous=True) as broker, Recorder(broker.port) as rec:
         run_dir = _run_parties(tmp_path / "runs", broker.url)
     _check(run_dir, rec.payloads, tmp_path)
 
@@ -111,7 +111,7 @@ def test_capc_between_processes_on_mosquitto(tmp_path):
 def test_guardian_restarted_between_sessions_keeps_its_budget(tmp_path):
     """Two QPs in turn: a fresh PG process per session opens the same ledger, so the
     second session's spending starts where the first one's ended, and the budget holds."""
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker(allow_anonymous=True) as broker:
         cmd = [sys.executable, str(ROOT / "run_parties.py"), "--broker", broker.url,
                "--runs-dir", str(tmp_path), "capc", "--mode", "plaintext", "--parties", "3",
                "--qps", "2", "--queries", "6", "--batch-size", "3", "--epochs", "3",
@@ -142,7 +142,7 @@ def test_who_receives_what_in_a_capc_run(tmp_path):
     """From the transcripts: an AP never receives a reveal or a decision (no label),
     the PG receives vote shares and 2PC traffic only (no logit, no label), and
     only the QP receives the PG's output shares."""
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker(allow_anonymous=True) as broker:
         run_dir = _run_parties(tmp_path / "runs", broker.url)
     for ap in ("party2", "party3"):
         steps = {s for _, s in _received_steps(run_dir, ap)}
@@ -161,7 +161,7 @@ def test_answering_party_process_killed_mid_run(tmp_path):
     every query is answered and charged, and the audit names the dead party."""
     import os
     import signal
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker(allow_anonymous=True) as broker:
         cmd = [sys.executable, "-u", str(ROOT / "run_parties.py"), "--broker", broker.url,
                "--runs-dir", str(tmp_path), "capc", "--mode", "plaintext", "--parties", "4",
                "--queries", "12", "--batch-size", "4", "--epochs", "3", "--sigma-gnmax", "0.5",

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_hashcomb_fl_broker_never_sees_a_decodable_value(tmp_path):
-    with EmbeddedBroker() as broker, Recorder(broker.port) as rec:
+    with EmbeddedBroker(allow_anonymous=True) as broker, Recorder(broker.port) as rec:
         cmd = [sys.executable, str(ROOT / "run_parties.py"), "--broker", broker.url,
                "--runs-dir", str(tmp_path), "hashcomb-fl", "--owners", "3", "--rounds", "2",
                "--no-baseline"]

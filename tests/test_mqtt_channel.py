@@ -23,10 +23,12 @@ RULES = {("qp", "ap", "query"), ("ap", "qp", "answer")}
 @pytest.fixture
 def deployment(tmp_path):
     port = free_port()
-    new_local_deployment(tmp_path, list(ROLES.items()), f"mqtt://127.0.0.1:{port}", name="conf")
-    broker = EmbeddedBroker(port).start()
+    dep = new_local_deployment(tmp_path, list(ROLES.items()), f"mqtt://127.0.0.1:{port}",
+                               name="conf")
+    broker = EmbeddedBroker(port, auth_dir=tmp_path / "broker-auth").start()
+    broker.admit(dep)
     yield Deployment.load(tmp_path / "deployment.toml")
-    broker.stop()
+    broker.close()
 
 
 async def _channels(run_dir, dep: Deployment, enforce: dict[str, bool]) -> dict[str, MqttChannel]:

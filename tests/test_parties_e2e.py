@@ -165,7 +165,12 @@ class Broker:
         if self.kind == "mosquitto":
             _, self.proc = start_mosquitto(self.run_dir / "broker", port=self.port)
         else:
-            self._amqtt = EmbeddedBroker(self.port, log_path=str(self.run_dir / "broker.log")).start()
+            if self._amqtt is None:
+                self._amqtt = EmbeddedBroker(self.port, log_path=str(self.run_dir / "broker.log"),
+                                             auth_dir=self.run_dir / "broker-auth")
+                self._amqtt.admit(self.deployment)
+                self.admin = self._amqtt.admin
+            self._amqtt.start()
             self.proc = self._amqtt.proc
 
     def kill(self) -> None:
