@@ -110,3 +110,31 @@ def test_bad_arguments():
     net = InMemoryNetwork(["p", "q"])
     with pytest.raises(TwoPartyError, match="distinct"):
         TwoParty(net.channel("p"), "q", "q")
+
+
+def _draw_after_reseeding_local_generator():
+    """What an adversary who knows (or, from 624 outputs, recovers) the Mersenne Twister
+    state of a party's CrypTen 'local' generator can predict: reseed it identically
+    twice and draw the party's private random values."""
+    import torch
+
+    from mpc.twopc.shims import ArithmeticSharedTensor, BinarySharedTensor, crypten
+    draws = []
+    for _ in range(2):
+        crypten.generators["local"][torch.device("cpu")].manual_seed(1234)
+        draws.append((ArithmeticSharedTensor.PRSS(16).share.clone(),
+                      BinarySharedTensor.rand(16, bits=64).share.clone()))
+    return draws
+
+
+async def test_private_randomness_does_not_come_from_crypten_mersenne_twister():
+    net = InMemoryNetwork(["alice", "bob", "dealer"])
+
+    async def party(me, peer):
+        async with TwoParty(net.channel(me), peer, "dealer") as tp:
+            return await tp.run(_draw_after_reseeding_local_generator)
+
+    (a1, a2), (b1, b2) = await asyncio.gather(party("alice", "bob"), party("bob", "alice"))
+    for first, second in ((a1, a2), (b1, b2)):
+        for x, y in zip(first, second):
+            assert not (x == y).any(), "the draw repeats with the generator's state: predictable"

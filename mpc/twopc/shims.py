@@ -2,6 +2,12 @@
 
 * Import shim: CrypTen imports ``torch.onnx._internal.registration``, which
   moved in recent PyTorch; it is aliased before CrypTen is imported.
+* Local randomness: CrypTen draws a party's private random values (``PRSS``,
+  ``rand``, its own tuple providers) from a per-party ``torch.Generator``, a
+  Mersenne Twister whose state its outputs reveal. Those draws come from the OS
+  through :mod:`mpc.randomness` instead. The seeded ``prev``/``next``/``global``
+  generators stay: with two parties their streams are known to both (pseudo-random
+  zero sharings and public coins), so they hide nothing.
 * Thread-local CrypTen state: CrypTen keeps a process-global communicator,
   tuple provider, RNG generators and config. All four are routed through a
   thread-local (:data:`local`), so several CrypTen parties can run as threads
@@ -18,6 +24,11 @@ import importlib
 import sys
 import threading
 
+import numpy as np
+import torch
+
+from .. import randomness
+
 _OLD_ONNX = "torch.onnx._internal.registration"
 if _OLD_ONNX not in sys.modules:
     try:
@@ -27,6 +38,7 @@ if _OLD_ONNX not in sys.modules:
             "torch.onnx._internal.torchscript_exporter.registration")
 
 import crypten  # noqa: E402
+import crypten.common.rng as _crypten_rng  # noqa: E402
 import crypten.communicator as _crypten_comm  # noqa: E402
 import crypten.mpc as _crypten_mpc  # noqa: E402
 from crypten.common.util import count_wraps  # noqa: E402
@@ -117,8 +129,52 @@ if not isinstance(_CfgClass.__dict__.get("config"), property):
     _CfgClass.temp_override = _cfg_temp_override
 
 
+_SEEDED = {"generate_random_ring_element": _crypten_rng.generate_random_ring_element,
+           "generate_kbit_random_tensor": _crypten_rng.generate_kbit_random_tensor}
+
+
+def _is_local(generator, kwargs) -> bool:
+    gens = getattr(local, "generators", None)
+    device = torch.device(kwargs.get("device") or "cpu")
+    return generator is None or (gens is not None and generator is gens["local"].get(device))
+
+
+def _os_ring(size) -> torch.Tensor:
+    shape = (size,) if isinstance(size, int) else tuple(size)
+    return torch.from_numpy(randomness.ring(shape).view(np.int64))
+
+
+def _ring_element(size, ring_size=2**64, generator=None, **kwargs):
+    """CrypTen's ``generate_random_ring_element``, with private draws from the OS."""
+    if not _is_local(generator, kwargs):
+        return _SEEDED["generate_random_ring_element"](size, ring_size, generator, **kwargs)
+    if ring_size != 2**64:
+        raise NotImplementedError("only CrypTen's default ring Z_2^64 is used here")
+    return _os_ring(size)
+
+
+def _kbit_tensor(size, bitlength=None, generator=None, **kwargs):
+    """CrypTen's ``generate_kbit_random_tensor``, with private draws from the OS."""
+    if not _is_local(generator, kwargs):
+        return _SEEDED["generate_kbit_random_tensor"](size, bitlength, generator, **kwargs)
+    bits = 64 if bitlength is None else bitlength
+    values = _os_ring(size)
+    return values if bits == 64 else values & ((1 << bits) - 1)
+
+
+# Every CrypTen module that imported the two functions by name gets these.
+_OURS = {"generate_random_ring_element": _ring_element,
+         "generate_kbit_random_tensor": _kbit_tensor}
+for _module in [m for name, m in list(sys.modules.items())
+                if name.startswith("crypten") and m is not None]:
+    for _name, _original in _SEEDED.items():
+        if getattr(_module, _name, None) is _original:
+            setattr(_module, _name, _OURS[_name])
+
+
 def new_session_seeds() -> None:
     """Fresh pairwise-zero-sharing seeds for the 2PC running in this thread,
     exchanged with the peer over its communicator; CrypTen draws them from
-    os.urandom (then expands them with torch's generator: SECURITY.md)."""
+    os.urandom (64-bit seeds, expanded by torch's Mersenne Twister: with two parties these
+    streams are known to both, so they hide nothing; private draws come from the OS)."""
     crypten._setup_prng()
