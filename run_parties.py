@@ -399,7 +399,8 @@ async def main_async(args: argparse.Namespace, scenarios: list[Scenario]) -> int
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--broker", help="use this broker (mqtt://host:port) instead of the embedded one")
+    parser.add_argument("--broker", help="use this broker (mqtt://host:port) instead of the embedded "
+                        "one; it must let in the fresh parties of each run (e.g. anonymous on loopback)")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per session")
     sub = parser.add_subparsers(dest="scenario", required=True)
