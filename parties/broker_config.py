@@ -28,6 +28,7 @@ it is meant for test recorders and fault injection, not for production.
 from __future__ import annotations
 
 import os
+import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,8 +95,8 @@ def write_broker_config(deployment: Deployment, out_dir: str | os.PathLike[str],
                         hosts: tuple[str, ...] = ()) -> BrokerConfig:
     """Write ``mosquitto.conf``, ``passwd`` and ``acl`` into ``out_dir`` (and ``tls/``).
 
-    ``port`` defaults to the port of the deployment's broker URL; ``bind``
-    to all interfaces (parties on other machines must reach it). With an
+    ``port`` defaults to the port of the deployment's broker URL; ``bind`` to
+    the URL's host (``"all"``: every interface). With an
     ``mqtts://`` URL the listener uses TLS (see the module docstring); ``hosts``
     are extra names or addresses for the broker's generated certificate.
     """
@@ -105,6 +106,7 @@ def write_broker_config(deployment: Deployment, out_dir: str | os.PathLike[str],
     port = deployment.broker_port if port is None else port
     if not 1 <= port <= 65535:
         raise DeploymentError(f"port {port} is not a TCP port")
+    bind = deployment.broker_host if bind is None else (None if bind == "all" else bind)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     passwd, acl, conf = out / "passwd", out / "acl", out / "mosquitto.conf"
@@ -139,7 +141,21 @@ def write_broker_config(deployment: Deployment, out_dir: str | os.PathLike[str],
         *tls_lines,
     ]
     _write_private(conf, "\n".join(lines) + "\n", mode=0o644)
+    _give_to_mosquitto([passwd, acl, *([out / "tls" / "broker.key"] if tls_mode == "generated"
+                                       else [])])
     return BrokerConfig(conf, passwd, acl, port, bind, tls_mode, clients)
+
+
+def _give_to_mosquitto(private: list[Path]) -> None:
+    """Run as root, Mosquitto drops to the 'mosquitto' user: let it read its private files."""
+    if os.geteuid() != 0:
+        return
+    try:
+        user = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return
+    for path in private:
+        os.chown(path, user.pw_uid, user.pw_gid)
 
 
 def _tls(deployment: Deployment, out: Path, users: list[str], hosts: tuple[str, ...]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .broker_config import new_admin_credentials, write_broker_config
@@ -15,7 +16,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None,
                         help="listener port (default: the port of the deployment's broker_url)")
     parser.add_argument("--bind", default=None,
-                        help="address to listen on (default: all interfaces)")
+                        help="address to listen on (default: the broker_url's host; "
+                             "'all' for every interface)")
     parser.add_argument("--host", action="append", default=[], metavar="NAME",
                         help="another name or address of the broker for its TLS certificate "
                              "(repeatable; the broker_url's host is always included)")
@@ -63,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{where} with TLS (your own PKI; passwords, no client certificates)")
     else:
         print(f"{where} WITHOUT TLS (--no-tls): use mqtts:// across machines")
-    print("If mosquitto runs as its own user, let it read the files: "
-          f"chown mosquitto {cfg.passwd} {cfg.acl}")
+    if os.geteuid() != 0:
+        print("If mosquitto runs as its own user, let it read the private files: "
+              f"chown mosquitto {cfg.passwd} {cfg.acl}"
+              + (f" {cfg.conf.parent / 'tls' / 'broker.key'}" if cfg.tls == "generated" else ""))
     print(f"run: mosquitto -c {cfg.conf}")
     return 0

@@ -41,14 +41,15 @@ def test_files_and_acl(tmp_path):
     dep, _ = make(tmp_path)
     admin_hash = new_admin_credentials(tmp_path / "admin.toml")
     cfg = write_broker_config(dep, tmp_path / "broker", admin_password_hash=admin_hash)
-    assert cfg.port == 1883 and cfg.bind is None
+    assert cfg.port == 1883 and cfg.bind == "127.0.0.1"  # the broker_url's host
     for private in (cfg.passwd, cfg.acl, tmp_path / "admin.toml"):
         assert stat.S_IMODE(os.stat(private).st_mode) == 0o600
     users = dict(line.split(":", 1) for line in cfg.passwd.read_text().splitlines())
     assert users == {**{n: p.mqtt_password_hash for n, p in dep.parties.items()},
                      ADMIN_USER: admin_hash}
     conf = cfg.conf.read_text()
-    assert "allow_anonymous false" in conf and "\nlistener 1883\n" in conf
+    assert "allow_anonymous false" in conf and "\nlistener 1883 127.0.0.1\n" in conf
+    assert "\nlistener 1883\n" in write_broker_config(dep, tmp_path / "all", bind="all").conf.read_text()
     acl = cfg.acl.read_text().split("\n\n")
     alice = next(block for block in acl if block.startswith("user alice"))
     assert alice.splitlines()[1:] == [
