@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -92,12 +92,14 @@ class Channel(ABC):
         """Send ``payload`` (anything :mod:`mpc.wire` encodes) to party ``to``."""
 
     @abstractmethod
-    async def recv(self, frm: str, kind: str, timeout: float | None = None) -> Any:
+    async def recv(self, frm: str, kind: str, timeout: float | None = None, *,
+                   watch: tuple[str, ...] = ()) -> Any:
         """Wait for the next ``kind`` message from ``frm``; messages of one kind
         from one sender arrive in the order they were sent.
 
         Raises PeerTimeout after ``timeout`` seconds and PeerGone at once when
-        ``frm`` is (or goes) offline.
+        ``frm``, or a party in ``watch`` (one whose death means the message will
+        never come, e.g. the other party of a 2PC), is (or goes) offline.
         """
 
     def _check_peer(self, name: str) -> None:
@@ -115,15 +117,22 @@ class Channel(ABC):
 
 
 class Mailbox:
-    """Per-(sender, kind) FIFO queues plus liveness, shared by both transports."""
+    """Per-(sender, kind) FIFO queues plus liveness, shared by both transports.
+
+    :meth:`get` is safe to cancel: it only waits on events and takes a message off
+    its queue in the same step as it returns, so a cancelled receive (e.g. the
+    loser of a race between two peers) never loses a message.
+    """
 
     def __init__(self) -> None:
-        self.queues: dict[tuple[str, str], asyncio.Queue] = defaultdict(asyncio.Queue)
+        self.queues: dict[tuple[str, str], deque] = defaultdict(deque)
         self.gone: set[str] = set()
+        self._arrived: dict[tuple[str, str], asyncio.Event] = defaultdict(asyncio.Event)
         self._gone_events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
     def put(self, frm: str, kind: str, data: Any) -> None:
-        self.queues[(frm, kind)].put_nowait(data)
+        self.queues[(frm, kind)].append(data)
+        self._arrived[(frm, kind)].set()
 
     def mark_gone(self, peer: str) -> None:
         self.gone.add(peer)
@@ -134,26 +143,31 @@ class Mailbox:
             self.gone.discard(peer)
             self._gone_events[peer] = asyncio.Event()
 
-    async def get(self, frm: str, kind: str, timeout: float | None) -> Any:
-        q = self.queues[(frm, kind)]
-        if not q.empty():
-            return q.get_nowait()
-        if frm in self.gone:
-            raise PeerGone(frm, kind)
-        getter = asyncio.ensure_future(q.get())
-        gone = asyncio.ensure_future(self._gone_events[frm].wait())
-        try:
-            done, _ = await asyncio.wait({getter, gone}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (getter, gone):
-                if not t.done():
-                    t.cancel()
-        if getter in done:
-            return getter.result()
-        if gone in done:
-            raise PeerGone(frm, kind)
-        raise PeerTimeout(frm, kind, timeout if timeout is not None else float("inf"))
+    async def get(self, frm: str, kind: str, timeout: float | None,
+                  watch: tuple[str, ...] = ()) -> Any:
+        key = (frm, kind)
+        q = self.queues[key]
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while True:
+            if q:
+                return q.popleft()
+            for party in (frm, *watch):
+                if party in self.gone:
+                    raise PeerGone(party, kind if party == frm else None)
+            arrived = self._arrived[key]
+            arrived.clear()
+            waits = {asyncio.ensure_future(arrived.wait()),
+                     *(asyncio.ensure_future(self._gone_events[party].wait())
+                       for party in (frm, *watch))}
+            left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            try:
+                done, _ = await asyncio.wait(waits, timeout=left,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if not done:
+                raise PeerTimeout(frm, kind, timeout if timeout is not None else float("inf"))
 
 
 class InMemoryChannel(Channel):
@@ -179,9 +193,10 @@ class InMemoryChannel(Channel):
             self.network.channels[to].mailbox.put(self.me, kind, data)
         await asyncio.sleep(0)  # let the receiver run, as a real transport would
 
-    async def recv(self, frm: str, kind: str, timeout: float | None = None) -> Any:
+    async def recv(self, frm: str, kind: str, timeout: float | None = None, *,
+                   watch: tuple[str, ...] = ()) -> Any:
         self._check_peer(frm)
-        return wire.decode(await self.mailbox.get(frm, kind, timeout))
+        return wire.decode(await self.mailbox.get(frm, kind, timeout, watch))
 
 
 class InMemoryNetwork:

@@ -104,6 +104,7 @@ class MqttChannel(Channel):
         self._pending_gone: dict[str, int] = {}
         self._online: set[str] = set()
         self._seen: set[str] = set()   # peers that announced themselves in this session
+        self.died: list[str] = []      # peers gone without a goodbye (their last will)
         # signed envelopes that came before their sender's announcement (other topic)
         self._early_envelopes: dict[str, list[bytes]] = {p: [] for p in self.peers}
         self.rejected = 0
@@ -155,10 +156,11 @@ class MqttChannel(Channel):
         protocol, step = split_kind(kind)
         await self._send_envelope(to, protocol, step, wire.encode(payload))
 
-    async def recv(self, frm: str, kind: str, timeout: float | None = None) -> Any:
+    async def recv(self, frm: str, kind: str, timeout: float | None = None, *,
+                   watch: tuple[str, ...] = ()) -> Any:
         self._check_peer(frm)
         split_kind(kind)
-        data = await self.mailbox.get(frm, kind, timeout)
+        data = await self.mailbox.get(frm, kind, timeout, watch)
         try:
             return wire.decode(data)
         except wire.WireError as e:
@@ -358,6 +360,8 @@ class MqttChannel(Channel):
             self.mailbox.mark_back(peer)
             self._pending_gone.pop(peer, None)
         elif p["status"] == "offline":
+            if not sent and peer not in self.died:  # the broker sent its last will: it died
+                self.died.append(peer)
             expected = sent.get(self.me)
             if expected is not None and self._received.get(peer, 0) < expected:
                 self._pending_gone[peer] = expected

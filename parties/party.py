@@ -95,6 +95,7 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
     transcript = Transcript(transcript_path(workdir, name), name, keys.sign_key)
     try:
         channel = MqttChannel(deployment, keys, session, transcript, client_cert=client_cert)
+        ctx: RoleContext | None = None
         channel.conformance = Conformance(module.NAME, module.RULES, roles)
         await channel.start()
         try:
@@ -109,13 +110,20 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
                     if recorded is not None:
                         ledger.check_head(*recorded, where=f"{name}'s transcript")
                     stack.callback(lambda: transcript.record_ledger(*ledger.head))
-                result = await role_fn(RoleContext(channel, roles, params, state, progress,
-                                                   resources))
+                ctx = RoleContext(channel, roles, params, state, progress, resources)
+                result = await role_fn(ctx)
             record.update(ok=True, result=result.public)
             if result.private:
                 save_state(workdir, name, {**state, **result.private})
         except Exception as e:  # reported by name in results, and the exit code
             record.update(ok=False, error=f"{type(e).__name__}: {e}", fault=fault_of(e))
+            if channel.died:  # the root cause, whoever this party was waiting for
+                record.update(died=list(channel.died), fault=f"peer:{channel.died[0]}")
+                if not all(f"'{d}'" in str(e) for d in channel.died):
+                    record["error"] += (f" (after {', '.join(channel.died)} died without a "
+                                        "goodbye)")
+            if ctx is not None and ctx.partial:
+                record["partial"] = ctx.partial
         finally:
             record["transport"] = {"sent_messages": channel.sent_messages,
                                    "sent_bytes": channel.sent_bytes, "rejected": channel.rejected}

@@ -313,6 +313,8 @@ class _Querier:
                                        {"pair": [self.ctx.me, ap], "tag": tag})
                 vote_shares[ap] = await _argmax(self.ch, ap, self.dealer, self.p, tag, share)
             except ChannelError as e:
+                if getattr(e, "peer", ap) != ap:  # the dealer died, not the AP: nobody can go on
+                    raise
                 self._drop(ap, e, "during its 2PC")
         return vote_shares
 
@@ -392,6 +394,9 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
                    if q.labels else acc_before)
         curve.append({"queries": rows.stop, "labelled": len(q.labels), "accuracy": acc_now,
                       "epsilon": epsilon})
+        # kept in the results if a peer dies later: what this run already bought
+        ctx.partial.update(curve=curve, epsilon=epsilon, **q.counts,
+                           labels={str(k): v for k, v in sorted(q.labels.items())})
         ctx.progress(f"batch {b + 1}/{len(plan)}: {len(q.labels)} labelled, "
                      f"accuracy {acc_now:.3f}, epsilon {epsilon:.3g}")
     if p.crypto:
@@ -479,9 +484,11 @@ async def privacy_guardian(ctx: RoleContext) -> RoleResult:
         votes: np.ndarray | None = None
         counted = []
         for ap in list(live_aps):
-            try:
-                msg = await ch.recv(ap, f"{NAME}.vote_share", p.timeout)
-            except ChannelError:
+            try:  # without the QP nobody can use the vote: fail at once if it dies
+                msg = await ch.recv(ap, f"{NAME}.vote_share", p.timeout, watch=(qp,))
+            except ChannelError as e:
+                if getattr(e, "peer", ap) != ap:
+                    raise
                 live_aps.remove(ap)  # its vote does not count; the QP is told below
                 continue
             share = np.asarray(msg["share"], dtype=np.uint64)
@@ -517,9 +524,10 @@ async def dealer(ctx: RoleContext) -> RoleResult:
     p = CapcParams.from_dict(ctx.params)
     if not p.crypto:
         return RoleResult({"role": "dealer", "sessions": 0})
-    from mpc.twopc import serve_dealer
+    from mpc.twopc import Dealer
     qp = ctx.one_with_role("qp")
     served = failed = 0
+    serving = Dealer(ctx.channel, prefix=NAME, timeout=p.timeout)
     while True:
         order = await ctx.channel.recv(qp, f"{NAME}.schedule", p.timeout)
         if order.get("done"):
@@ -528,8 +536,7 @@ async def dealer(ctx: RoleContext) -> RoleResult:
         if qp not in (a, b) or a == b or {a, b} - set(ctx.roles):
             raise PeerMisbehaved(qp, f"asked the dealer to serve an invalid pair {order['pair']}")
         try:
-            await serve_dealer(ctx.channel, (a, b), prefix=NAME, timeout=p.timeout,
-                               tag=str(order.get("tag", "")))
+            await serving.serve((a, b), tag=str(order.get("tag", "")))
             served += 1
         except ChannelError:
             failed += 1  # a party of that 2PC dropped out; the others go on

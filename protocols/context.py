@@ -27,7 +27,9 @@ class Resources:
 @dataclass
 class RoleContext:
     """A role's channel, everyone's roles, the public parameters, the private state
-    it kept from earlier protocols, its resources and a progress callback."""
+    it kept from earlier protocols, its resources and a progress callback.
+    ``partial``: public results so far, reported if the role fails later (e.g. the
+    labels a querying party learned before a peer died)."""
 
     channel: Channel
     roles: dict[str, str]
@@ -35,6 +37,7 @@ class RoleContext:
     state: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[str], None] = lambda message: None
     resources: Resources = field(default_factory=Resources)
+    partial: dict[str, Any] = field(default_factory=dict)
 
     @property
     def me(self) -> str:

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 
 from mpc import additive, encoding
-from mpc.channel import InMemoryNetwork, PeerGone
+from mpc.channel import ChannelError, InMemoryNetwork, PeerGone
 from mpc.twopc import (
     TwoParty,
     TwoPartyError,
     argmax_onehot,
     serve_dealer,
+    Dealer,
     share_of,
     tensor_from_shares,
 )
@@ -138,3 +139,53 @@ async def test_private_randomness_does_not_come_from_crypten_mersenne_twister():
     for first, second in ((a1, a2), (b1, b2)):
         for x, y in zip(first, second):
             assert not (x == y).any(), "the draw repeats with the generator's state: predictable"
+
+
+async def test_dealer_moves_on_when_a_party_dies_mid_2pc():
+    """The issue-18 hang: an AP dies during its argmax 2PC with the QP. The QP drops it
+    and starts its next 2PC (with another AP); the dealer, still in the dead AP's
+    session, must fail that session at once and serve the next one, without
+    throwing away the QP's first request of it."""
+    net = InMemoryNetwork(["qp", "ap1", "ap2", "dealer"])
+    logits = np.array([[0.5, 3.0, -1.0, 2.0]])
+    s0, s1 = additive.share(encoding.encode(logits), 2)
+    dealer = Dealer(net.channel("dealer"), timeout=60)
+    outcome = {}
+
+    async def serve_all():
+        for pair, tag in ((("qp", "ap1"), "b0:ap1"), (("qp", "ap2"), "b0:ap2")):
+            try:
+                outcome[tag] = await dealer.serve(pair, tag)
+            except ChannelError as e:
+                outcome[tag] = e
+
+    async def dying_ap1():
+        async with TwoParty(net.channel("ap1"), "qp", "dealer", tag="b0:ap1") as tp:
+            await asyncio.sleep(0.05)
+            net.kill("ap1")   # dies after the QP has asked the dealer for its first tuples
+            await tp.run(share_of, np.zeros((1, 4), np.uint64))
+
+    async def qp():
+        try:
+            async with TwoParty(net.channel("qp"), "ap1", "dealer", tag="b0:ap1") as tp:
+                await tp.run(lambda s: share_of(tensor_from_shares(s).argmax(dim=-1, one_hot=True)),
+                             s0)
+        except ChannelError as e:
+            outcome["qp saw"] = e
+        async with TwoParty(net.channel("qp"), "ap2", "dealer", tag="b0:ap2") as tp:
+            return await tp.run(lambda s: share_of(tensor_from_shares(s).argmax(dim=-1,
+                                                                                one_hot=True)), s0)
+
+    async def ap2():
+        async with TwoParty(net.channel("ap2"), "qp", "dealer", tag="b0:ap2") as tp:
+            return await tp.run(lambda s: share_of(tensor_from_shares(s).argmax(dim=-1,
+                                                                                one_hot=True)), s1)
+
+    async with asyncio.timeout(30):  # before the fix: hangs until the 60 s timeouts
+        r_qp, r_ap2, *_ = await asyncio.gather(qp(), ap2(), serve_all(),
+                                               dying_ap1(), return_exceptions=True)
+    assert isinstance(outcome["qp saw"], ChannelError) and outcome["qp saw"].peer == "ap1"
+    assert isinstance(outcome["b0:ap1"], ChannelError)
+    assert outcome["b0:ap2"] > 0
+    np.testing.assert_array_equal(encoding.decode(additive.reconstruct([r_qp, r_ap2])),
+                                  [[0, 1, 0, 0]])

@@ -47,8 +47,9 @@ class Recorder(Channel):
         self.sent.append((to, kind, payload))
         await self.inner.send(to, kind, payload)
 
-    async def recv(self, frm: str, kind: str, timeout: float | None = None) -> Any:
-        got = await self.inner.recv(frm, kind, timeout)
+    async def recv(self, frm: str, kind: str, timeout: float | None = None, *,
+                   watch: tuple[str, ...] = ()) -> Any:
+        got = await self.inner.recv(frm, kind, timeout, watch=watch)
         self.received.append((frm, kind, got))
         return got
 

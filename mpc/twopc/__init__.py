@@ -7,8 +7,8 @@ the dealer), :mod:`.session` (a 2PC between two named parties).
 """
 
 from .communicator import TwoPartyError
-from .dealer import serve_dealer
+from .dealer import Dealer, SessionAbandoned, serve_dealer
 from .session import TwoParty, argmax_onehot, onehot_argmax_share, share_of, tensor_from_shares
 
-__all__ = ["TwoParty", "TwoPartyError", "argmax_onehot", "onehot_argmax_share", "serve_dealer",
+__all__ = ["Dealer", "SessionAbandoned", "TwoParty", "TwoPartyError", "argmax_onehot", "onehot_argmax_share", "serve_dealer",
            "share_of", "tensor_from_shares"]

@@ -39,6 +39,7 @@ class ChannelCommunicator(Communicator):
             channel, loop, names, kind, timeout)
         self.rank = names.index(channel.me)
         self.peer = names[1 - self.rank]
+        self.watch: tuple[str, ...] = ()  # e.g. the dealer: if it dies the peer waits forever too
         self.messages = 0
         self.bytes = 0
         self.reset_communication_stats()
@@ -60,7 +61,7 @@ class ChannelCommunicator(Communicator):
     def recv(self, tensor, src=None):
         if src is not None:
             self._check(src)
-        return self._fill(tensor, self._call(self.channel.recv(self.peer, self.kind, self.timeout)))
+        return self._fill(tensor, self._call(self.channel.recv(self.peer, self.kind, self.timeout, watch=self.watch)))
 
     def _fill(self, tensor, data):
         if not isinstance(data, np.ndarray) or data.size != tensor.numel():
@@ -98,7 +99,7 @@ class ChannelCommunicator(Communicator):
 
         async def send_then_recv():  # one hand-off to the event loop, not two
             await self.channel.send(self.peer, self.kind, data)
-            return await self.channel.recv(self.peer, self.kind, self.timeout)
+            return await self.channel.recv(self.peer, self.kind, self.timeout, watch=self.watch)
 
         got = self._call(send_then_recv())
         if not isinstance(got, list) or len(got) != len(tensors):

@@ -7,11 +7,14 @@ dealer does not collude with either party.
 
 from __future__ import annotations
 
+import asyncio
+from collections import defaultdict
+
 import numpy as np
 import torch
 
 from .. import randomness
-from ..channel import Channel
+from ..channel import Channel, ChannelError
 from .communicator import TwoPartyError
 from .shims import count_wraps
 
@@ -84,47 +87,102 @@ def _serve_plan(a: dict, b: dict) -> list[list[list[np.ndarray]]] | None:
     return out
 
 
-async def serve_dealer(channel: Channel, parties: tuple[str, str], prefix: str = "mpc",
-                       timeout: float | None = 60.0, tag: str = "") -> int:
-    """Serve correlated randomness to one 2PC session until both parties say done.
+class SessionAbandoned(ChannelError):
+    """A 2PC party moved on to a later session: this one can no longer finish."""
 
-    Both parties send the same request stream; the dealer answers a request only
-    when both agree on it, and sends each party only its own shares. Requests
-    carry the session's ``tag``; leftovers of an earlier session that was cut
-    short (a party died mid-2PC) are skipped. Returns the number of requests served.
+    def __init__(self, peer: str, tag: str, newer: str):
+        super().__init__(f"party '{peer}' left 2PC session {tag!r} for {newer!r} (its peer "
+                         "dropped out)")
+        self.peer = peer
+
+
+class Dealer:
+    """Serves one protocol run's 2PC sessions, one after another.
+
+    Both parties of a session send the same request stream; the dealer answers a
+    request only when both agree on it, and sends each party only its own shares.
+    It waits for both parties at once, so a party that dies fails the session at
+    once (PeerGone) instead of after the other party's timeout. Requests carry
+    their session's ``tag``: those of a session that ended (cut short) are
+    skipped, and one of a later session means its sender gave this one up; that
+    request is kept for its own session and this one fails (SessionAbandoned).
 
     A party that has run the same computation before may announce its whole
     request sequence at once (a *plan*, see :class:`DealerProvider`); when both
     announce the same plan the dealer answers it in one message per party, and
     otherwise refuses it, after which the parties ask one request at a time.
     """
-    kind = f"{prefix}.tuple"
 
-    async def next_request(p: str) -> dict:
-        req = await channel.recv(p, f"{prefix}.tuple_req", timeout)
-        while req.get("tag", "") != tag:  # stale: from an aborted session
-            req = await channel.recv(p, f"{prefix}.tuple_req", timeout)
-        return req
+    def __init__(self, channel: Channel, prefix: str = "mpc", timeout: float | None = 60.0):
+        self.channel, self.prefix, self.timeout = channel, prefix, timeout
+        self._ahead: dict[str, list[dict]] = defaultdict(list)  # requests of later sessions
+        self._ended: set[str] = set()
 
-    served = 0
-    while True:
-        reqs = [await next_request(p) for p in parties]
-        planned = [r.get("fn") == "plan" for r in reqs]
-        if all(planned) and (shares := _serve_plan(reqs[0], reqs[1])) is not None:
+    async def serve(self, parties: tuple[str, str], tag: str = "") -> int:
+        """Serve the session ``tag`` between ``parties``; returns the requests served."""
+        try:
+            return await self._serve(parties, tag)
+        finally:
+            self._ended.add(tag)
+
+    async def _request(self, party: str, tag: str) -> dict:
+        ahead = self._ahead[party]
+        ahead[:] = [r for r in ahead if r.get("tag", "") not in self._ended]
+        for i, req in enumerate(ahead):
+            if req.get("tag", "") == tag:
+                return ahead.pop(i)
+        if ahead:
+            raise SessionAbandoned(party, tag, ahead[0].get("tag", ""))
+        while True:
+            req = await self.channel.recv(party, f"{self.prefix}.tuple_req", self.timeout)
+            got = req.get("tag", "")
+            if got == tag:
+                return req
+            if got not in self._ended:  # a later session's: keep it for then
+                ahead.append(req)
+                raise SessionAbandoned(party, tag, got)
+
+    async def _requests(self, parties: tuple[str, ...], tag: str) -> list[dict]:
+        """One request from each party, waiting for all at once; the first failure wins."""
+        tasks = [asyncio.ensure_future(self._request(p, tag)) for p in parties]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for t in tasks:  # safe: a cancelled receive loses no message
+                t.cancel()
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                raise t.exception()
+        return [t.result() for t in tasks]
+
+    async def _serve(self, parties: tuple[str, str], tag: str) -> int:
+        kind = f"{self.prefix}.tuple"
+        served = 0
+        while True:
+            reqs = await self._requests(parties, tag)
+            planned = [r.get("fn") == "plan" for r in reqs]
+            if all(planned) and (shares := _serve_plan(reqs[0], reqs[1])) is not None:
+                for party, mine in zip(parties, shares, strict=True):
+                    await self.channel.send(party, kind, {"plan": mine})
+                served += len(shares[0])
+                continue
+            for i, p in enumerate(parties):
+                if planned[i]:
+                    await self.channel.send(p, kind, {"refused": "the other party has no "
+                                                                  "matching plan"})
+                    reqs[i] = (await self._requests((p,), tag))[0]
+            if reqs[0] != reqs[1]:
+                raise TwoPartyError(f"2PC parties {parties[0]!r} and {parties[1]!r} asked the "
+                                    "dealer for different tuples; their computations diverged")
+            if reqs[0].get("fn") == "done":
+                return served
+            shares = _make_tuple(reqs[0])
             for party, mine in zip(parties, shares, strict=True):
-                await channel.send(party, kind, {"plan": mine})
-            served += len(shares[0])
-            continue
-        for i, p in enumerate(parties):
-            if planned[i]:
-                await channel.send(p, kind, {"refused": "the other party has no matching plan"})
-                reqs[i] = await next_request(p)
-        if reqs[0] != reqs[1]:
-            raise TwoPartyError(f"2PC parties {parties[0]!r} and {parties[1]!r} asked the dealer "
-                                "for different tuples; their computations diverged")
-        if reqs[0].get("fn") == "done":
-            return served
-        shares = _make_tuple(reqs[0])
-        for party, mine in zip(parties, shares, strict=True):
-            await channel.send(party, kind, mine)
-        served += 1
+                await self.channel.send(party, kind, mine)
+            served += 1
+
+
+async def serve_dealer(channel: Channel, parties: tuple[str, str], prefix: str = "mpc",
+                       timeout: float | None = 60.0, tag: str = "") -> int:
+    """Serve one 2PC session (see :class:`Dealer`); returns the number of requests served."""
+    return await Dealer(channel, prefix, timeout).serve(parties, tag)

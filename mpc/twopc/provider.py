@@ -74,7 +74,9 @@ class DealerProvider(TupleProvider):
     async def _ask(self, req: dict) -> Any:
         ch = self.comm.channel
         await ch.send(self.dealer, f"{self.prefix}.tuple_req", {**req, "tag": self.tag})
-        return await ch.recv(self.dealer, f"{self.prefix}.tuple", self.comm.timeout)
+        # If the other party of the 2PC dies, the dealer will never answer: fail at once.
+        return await ch.recv(self.dealer, f"{self.prefix}.tuple", self.comm.timeout,
+                             watch=(self.comm.peer,))
 
     def _fetch(self, req: dict) -> list[torch.Tensor]:
         self.requests += 1
