@@ -349,6 +349,20 @@ class _Auditor:
                 self.issue("info", "ledger", party, lineno,
                            f"budget ledger {path.name}: {len(entries)} entries ({charges} "
                            f"charges), signed, reaching the recorded entry {seq}")
+        # A ledger whose owner never recorded its head (it died mid-session): its
+        # signatures still say whether anyone else wrote or changed a charge.
+        for party, path in sorted(paths.items()):
+            if party in self.ledger_heads or party not in self.dep.parties or not path.exists():
+                continue
+            try:
+                entries, _ = verify(path, self.dep.parties[party].sign_pub)
+            except LedgerError as e:
+                self.issue("error", "ledger", party, 0, f"budget ledger {path}: {e}")
+                continue
+            charges = sum(1 for e in entries if e.get("type") == "charge")
+            self.issue("info", "ledger", party, 0,
+                       f"budget ledger {path.name}: {len(entries)} entries ({charges} charges), "
+                       f"signed; no head recorded ({party} did not finish this session)")
 
 
 def _describe(h: Header) -> str:
