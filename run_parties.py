@@ -248,9 +248,10 @@ def capc(args: argparse.Namespace) -> list[Scenario]:
             for qp in members[:args.qps]]
 
 
-# Four answering parties give PATE little privacy per query (data-independent accounting):
-# the demo raises the guardian's budget deliberately and prints what was spent.
-DEMO = (["capc", "--parties", "5", "--queries", "100", "--batch-size", "50", "--split", "noniid",
+# CaPC is for a data-poor querying party: the demo's QP keeps 50 labelled points and buys
+# 100 labels. Four answering parties give PATE little privacy per query (data-independent
+# accounting): the demo raises the guardian's budget deliberately and prints what was spent.
+DEMO = (["capc", "--parties", "5", "--queries", "100", "--batch-size", "50", "--qp-points", "50",
          "--budget", "200"],
         ["hashcomb-setup", "--owners", "5"],
         ["argmax2pc", "--batch", "4"])
@@ -341,18 +342,41 @@ def _stop_all(procs: dict[str, asyncio.subprocess.Process]) -> None:
                 pass
 
 
+def _summary(result: dict, width: int = 300) -> str:
+    """A party's result in one cell: scalars and short lists, whole items only."""
+    parts = []
+    for key, value in result.items():
+        if key == "role":
+            continue
+        if isinstance(value, float):
+            text = f"{value:.4g}"
+        elif isinstance(value, (int, str, bool)) or value is None:
+            text = "none" if value is None else str(value)
+        elif isinstance(value, list) and len(value) <= 10 and all(
+                isinstance(v, (int, float, str)) for v in value):
+            text = json.dumps(value)
+        else:
+            continue  # tables, curves, labels: in results.json
+        parts.append(f"{key}={text}")
+    shown = ""
+    for part in parts:
+        if len(shown) + len(part) + 2 > width:
+            return shown + ", …"
+        shown = f"{shown}, {part}" if shown else part
+    return shown
+
+
 def print_results(session: dict) -> None:
     table = Table(title=f"{session['protocol']} (session {session['session']})")
     for col in ("party", "role", "ok", "seconds", "messages sent", "bytes sent", "result"):
         table.add_column(col)
     for name, rec in session["parties"].items():
         res = rec.get("result") or {}
-        shown = ({k: v for k, v in res.items() if k != "role" and isinstance(v, (int, float, str))}
-                 if rec.get("ok") else rec.get("error"))
+        shown = _summary(res) if rec.get("ok") else rec.get("error", "")
         tr = rec.get("transport", {})
         table.add_row(name, str(rec.get("role", "?")), "yes" if rec.get("ok") else "[red]NO[/]",
                       str(rec.get("seconds", "")), str(tr.get("sent_messages", "")),
-                      str(tr.get("sent_bytes", "")), json.dumps(shown, default=str)[:300])
+                      str(tr.get("sent_bytes", "")), shown)
     console.print(table)
 
 

@@ -55,8 +55,30 @@ def capc_plot(sessions: list[dict], path: Path) -> Path | None:
     return path
 
 
+def capc_story(session: dict) -> list[str]:
+    """One sentence per querying party: what it gained, and what it paid."""
+    lines = []
+    for name, rec in session["parties"].items():
+        r = rec.get("result") or {}
+        if r.get("role") != "qp":
+            continue
+        gain = r["accuracy_after"] - r["accuracy_before"]
+        lines.append(
+            f"{name} started with {r.get('own_points', '?')} labelled points of its own (test "
+            f"accuracy {r['accuracy_before']:.3f}); it bought {r['answered']} labels from "
+            f"{r['answering_parties']} organisations' models without seeing them or showing its "
+            f"queries, and retrained to {r['accuracy_after']:.3f} ({gain:+.3f}). The price is "
+            f"epsilon {r['epsilon']:.3g} at delta {r['delta']:g}, counted data-independently: with "
+            f"{r['answering_parties']} voters PATE's guarantee is weak (many teachers make it "
+            "strong; RESULTS.md), while the confidentiality of data and models does not depend "
+            "on it.")
+    return lines
+
+
 def capc_report(run_dir: Path, session: dict) -> None:
     console.print(capc_table([session]))
+    for line in capc_story(session):
+        console.print(line)
     png = capc_plot([session], run_dir / "capc.png")
     if png:
         console.print(f"plot: {png}")

@@ -404,6 +404,7 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
     correct = sum(int(data.y_queries[i]) == lab for i, lab in q.labels.items())
     return RoleResult({
         "role": "qp", "mode": p.mode, "dataset": p.dataset, "split": p.split,
+        "own_points": len(data.x),
         "architecture": architecture(ctx, p, ctx.me), "answering_parties": len(aps),
         "answering_parties_at_end": len(q.live_aps), "queries": p.queries,
         **q.counts, "labelled_correctly": correct,
