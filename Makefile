@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	# CrypTen's metadata requires the deprecated `sklearn` package: install it
 	# without dependencies; its real dependencies are in pyproject.toml.
 	$(PIP) install --quiet --no-deps crypten==0.4.1
-	$(PIP) install --quiet -e '.[test]'
+	# --no-warn-conflicts: pip would report CrypTen's unmet metadata (sklearn, torchvision,
+	# tensorboard, future) as an ERROR; none of them is imported by what Confidant uses.
+	$(PIP) install --quiet --no-warn-conflicts -e '.[test]'
 	touch $(STAMP)
 
 # Debian's mosquitto, so broker tests run against the real thing.

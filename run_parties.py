@@ -197,22 +197,26 @@ def argmax2pc(args: argparse.Namespace) -> list[Scenario]:
 def _capc_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parties", type=int, default=5, help="data parties (QP and APs)")
     p.add_argument("--qps", type=int, default=1, help="how many parties act as QP in turn")
-    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine"])
-    p.add_argument("--split", default="iid", choices=["iid", "noniid"])
+    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine"],
+                   help="built-in data set, split among the data parties")
+    p.add_argument("--split", default="iid", choices=["iid", "noniid"],
+                   help="noniid: Dirichlet(0.5) label skew")
     p.add_argument("--heterogeneous", action="store_true", help="different model architectures")
-    p.add_argument("--queries", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--mode", default="crypto", choices=["crypto", "plaintext"])
+    p.add_argument("--queries", type=int, default=100, help="unlabelled points the QP asks about")
+    p.add_argument("--batch-size", type=int, default=50, help="queries per CKKS batch and 2PC")
+    p.add_argument("--mode", default="crypto", choices=["crypto", "plaintext"],
+                   help="plaintext: an INSECURE simulation with the same messages")
     p.add_argument("--threshold", type=float, default=None,
                    help="Confident-GNMax vote threshold (default: plain GNMax)")
-    p.add_argument("--sigma-threshold", type=float, default=2.0)
-    p.add_argument("--sigma-gnmax", type=float, default=1.0)
+    p.add_argument("--sigma-threshold", type=float, default=2.0,
+                   help="Confident-GNMax: noise of the threshold check")
+    p.add_argument("--sigma-gnmax", type=float, default=1.0, help="noise of the noisy argmax")
     p.add_argument("--budget", type=float, default=None,
                    help="PG's epsilon budget for a new ledger (default 10; a spent ledger refuses "
                         "further queries, raise it deliberately)")
-    p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--delta", type=float, default=1e-5, help="delta of the (epsilon, delta) reported")
+    p.add_argument("--epochs", type=int, default=60, help="training epochs of every party's model")
+    p.add_argument("--seed", type=int, default=0, help="data split and model initialisation")
     p.add_argument("--qp-points", type=int, default=None,
                    help="the QP keeps only this many labelled points of its own")
     p.add_argument("--noise-seed", type=int, default=None,
@@ -421,15 +425,28 @@ async def main_async(args: argparse.Namespace, scenarios: list[Scenario]) -> int
     return 0 if ok else 1
 
 
+class _WithDefaults(argparse.HelpFormatter):
+    """Every option's default in its help line, also where the help text says nothing else."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and "%(default)" not in text
+                and action.default not in (None, False, argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=_WithDefaults)
     parser.add_argument("--broker", help="use this broker (mqtt://host:port) instead of the embedded "
                         "one; it must let in the fresh parties of each run (e.g. anonymous on loopback)")
-    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--runs-dir", default="runs", help="where each run's directory is made")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per session")
     sub = parser.add_subparsers(dest="scenario", required=True)
     for name, (help_text, add_arguments, _) in SCENARIOS.items():
-        add_arguments(sub.add_parser(name, help=help_text))
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text,
+                                     formatter_class=_WithDefaults))
     return parser
 
 

@@ -147,6 +147,27 @@ def fault_of(error: Exception) -> str:
     return "internal"
 
 
+def epilog() -> str:
+    """Every protocol's roles and --params keys with their defaults, from the registry."""
+    import dataclasses
+
+    import protocols
+
+    lines = ["protocols (--protocol), their roles (from the deployment's cards) and --params keys:"]
+    for name in sorted(protocols.protocols()):
+        try:
+            module = protocols.load(name)
+        except Exception as e:  # a broken plug-in protocol must not hide the others
+            lines.append(f"  {name}: cannot be loaded ({e})")
+            continue
+        lines.append(f"  {name}: roles {', '.join(sorted(module.ROLES))}")
+        fields = dataclasses.fields(module.Params)
+        params = ", ".join(f"{f.name}={f.default!r}" for f in fields
+                           if f.default is not dataclasses.MISSING)
+        lines.append(f"    params: {params}")
+    return "\n".join(lines)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deployment", required=True, help="deployment file (TOML)")
     parser.add_argument("--name", required=True, help="this party's name in the deployment")
