@@ -7,9 +7,10 @@ labels of earlier batches, the guardian's signed ledger), leave no process behin
 and audit with the dead party named. An answering party's death is survivable:
 the querying party goes on with the others.
 
-By default four cases run (one per role, each at a different step, including the
-answering party dying inside its argmax 2PC, which used to hang the dealer);
-``CONFIDANT_FAULT_MATRIX=full`` runs every role at every step (20 runs, ~20 min).
+By default six cases run: one per role on the embedded amqtt broker, each at a
+different step (including the answering party dying inside its argmax 2PC, which
+used to hang the dealer), and two on Mosquitto. ``CONFIDANT_FAULT_MATRIX=full``
+runs every role at every step on both brokers (40 runs, ~25 min).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.mosquitto_fixture import HAVE_MOSQUITTO, SKIP_REASON, start_mosquitto, stop_mosquitto
+
 ROOT = Path(__file__).resolve().parents[1]
 QP, AP, PG, DEALER = "party1", "party2", "guardian", "dealer"
 APS = 2
 # Per batch the QP sends one query and one 2PC schedule per AP, then the final
 # 2PC's schedule; the PG receives one vote share per AP. The kill comes in the
-# second batch, so the first batch's labels exist.
+# second of three batches: the first batch's labels exist, and every role still
+# has work to do after any step of it.
 STEPS = {  # step -> (whose transcript, event, step name, count that triggers the kill)
     "query sent": (QP, "sent", "query", APS + 1),
     "argmax 2PC": (QP, "sent", "schedule", (APS + 1) + 1),
@@ -37,9 +41,11 @@ STEPS = {  # step -> (whose transcript, event, step name, count that triggers th
     "final 2PC": (QP, "sent", "schedule", 2 * (APS + 1)),
     "answers in": (QP, "received", "answer", APS + 1),
 }
-DEFAULT = [(AP, "argmax 2PC"), (PG, "vote shares sent"), (DEALER, "final 2PC"),
-           (QP, "query sent")]
-FULL = [(victim, step) for victim in (QP, AP, PG, DEALER) for step in STEPS]
+DEFAULT = [("amqtt", AP, "argmax 2PC"), ("amqtt", PG, "vote shares sent"),
+           ("amqtt", DEALER, "final 2PC"), ("amqtt", QP, "query sent"),
+           ("mosquitto", AP, "vote shares sent"), ("mosquitto", DEALER, "argmax 2PC")]
+FULL = [(broker, victim, step) for broker in ("amqtt", "mosquitto")
+        for victim in (QP, AP, PG, DEALER) for step in STEPS]
 CASES = FULL if os.environ.get("CONFIDANT_FAULT_MATRIX") == "full" else DEFAULT
 GRACE = 45.0  # seconds from the kill to the end of the run: liveness grace plus audit
 
@@ -65,10 +71,29 @@ def _pids(tmp_path: Path, name: str | None = None) -> list[int]:
     return [int(p) for p in out.split() if int(p) != os.getpid()]
 
 
-@pytest.mark.parametrize("victim,step", CASES, ids=[f"{v}-{s.replace(' ', '_')}" for v, s in CASES])
-def test_capc_crypto_party_killed(tmp_path, victim, step):
+@pytest.fixture
+def broker_url(request, tmp_path_factory):
+    """None: run_parties.py's embedded amqtt broker (with credentials). For Mosquitto, an
+    anonymous loopback listener, since run_parties.py makes fresh parties each run."""
+    if request.param == "amqtt":
+        yield None
+        return
+    if not HAVE_MOSQUITTO:
+        pytest.skip(SKIP_REASON)
+    conf = tmp_path_factory.mktemp("mosquitto")
+    (conf / "mosquitto.conf").write_text("listener 1883\nallow_anonymous true\n"
+                                         "set_tcp_nodelay true\npersistence false\n")
+    port, proc = start_mosquitto(conf)
+    yield f"mqtt://127.0.0.1:{port}"
+    stop_mosquitto(proc)
+
+
+@pytest.mark.parametrize("broker_url,victim,step", CASES, indirect=["broker_url"],
+                         ids=[f"{b}-{v}-{s.replace(' ', '_')}" for b, v, s in CASES])
+def test_capc_crypto_party_killed(tmp_path, broker_url, victim, step):
     cmd = [sys.executable, "-u", str(ROOT / "run_parties.py"), "--runs-dir", str(tmp_path),
-           "--timeout", "300", "capc", "--parties", str(APS + 1), "--queries", "4",
+           *(["--broker", broker_url] if broker_url else []),
+           "--timeout", "300", "capc", "--parties", str(APS + 1), "--queries", "6",
            "--batch-size", "2", "--epochs", "2", "--budget", "1000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=ROOT)
@@ -79,7 +104,9 @@ def test_capc_crypto_party_killed(tmp_path, victim, step):
         while killed_at is None and time.monotonic() < deadline and proc.poll() is None:
             run_dirs = [d for d in tmp_path.iterdir() if d.is_dir()]
             if run_dirs and _count(run_dirs[0], watch, event, name) >= count:
-                for pid in _pids(tmp_path, victim):
+                pids = _pids(tmp_path, victim)
+                assert pids, f"{victim} had already exited at '{step}'"
+                for pid in pids:
                     os.kill(pid, signal.SIGKILL)
                 killed_at = time.monotonic()
             time.sleep(0.02)
@@ -97,7 +124,7 @@ def test_capc_crypto_party_killed(tmp_path, victim, step):
     survivable = victim == AP
     if survivable:  # the QP finished with the other AP; only the dead AP failed
         qp = parties[QP]["result"]
-        assert qp["answering_parties_at_end"] == APS - 1 and qp["queries"] == 4
+        assert qp["answering_parties_at_end"] == APS - 1 and qp["queries"] == 6
         assert all(r["ok"] for n, r in parties.items() if n != AP), parties
     else:
         assert ended - killed_at < GRACE, f"the run took {ended - killed_at:.0f} s after the kill"
