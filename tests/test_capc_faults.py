@@ -71,6 +71,31 @@ def _pids(tmp_path: Path, name: str | None = None) -> list[int]:
     return [int(p) for p in out.split() if int(p) != os.getpid()]
 
 
+def run_and_kill(cmd: list[str], tmp_path: Path, victim: str, reached) -> tuple[str, int, float, float]:
+    """Run ``cmd`` (run_parties.py with --runs-dir tmp_path) and SIGKILL ``victim``'s process
+    as soon as ``reached(run_dir)``; returns (output, exit code, kill time, end time)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=ROOT)
+    killed_at = None
+    deadline = time.monotonic() + 240
+    try:
+        while killed_at is None and time.monotonic() < deadline and proc.poll() is None:
+            run_dirs = [d for d in tmp_path.iterdir() if d.is_dir()]
+            if run_dirs and reached(run_dirs[0]):
+                pids = _pids(tmp_path, victim)
+                assert pids, f"{victim} had already exited"
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                killed_at = time.monotonic()
+            time.sleep(0.02)
+        out, _ = proc.communicate(timeout=GRACE + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed_at is not None, "the run never reached the step of the kill"
+    return out, proc.returncode, killed_at, time.monotonic()
+
+
 @pytest.fixture
 def broker_url(request, tmp_path_factory):
     """None: run_parties.py's embedded amqtt broker (with credentials). For Mosquitto, an
@@ -95,31 +120,13 @@ def test_capc_crypto_party_killed(tmp_path, broker_url, victim, step):
            *(["--broker", broker_url] if broker_url else []),
            "--timeout", "300", "capc", "--parties", str(APS + 1), "--queries", "6",
            "--batch-size", "2", "--epochs", "2", "--budget", "1000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=ROOT)
     watch, event, name, count = STEPS[step]
-    killed_at = None
-    deadline = time.monotonic() + 240
-    try:
-        while killed_at is None and time.monotonic() < deadline and proc.poll() is None:
-            run_dirs = [d for d in tmp_path.iterdir() if d.is_dir()]
-            if run_dirs and _count(run_dirs[0], watch, event, name) >= count:
-                pids = _pids(tmp_path, victim)
-                assert pids, f"{victim} had already exited at '{step}'"
-                for pid in pids:
-                    os.kill(pid, signal.SIGKILL)
-                killed_at = time.monotonic()
-            time.sleep(0.02)
-        out, _ = proc.communicate(timeout=GRACE + 60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    ended = time.monotonic()
-    assert killed_at is not None, f"never reached '{step}'"
+    out, returncode, killed_at, ended = run_and_kill(
+        cmd, tmp_path, victim, lambda run_dir: _count(run_dir, watch, event, name) >= count)
     run_dir = Path(out.strip().splitlines()[-1])
     results = json.loads((run_dir / "results.json").read_text())
     parties = results["parties"]
-    assert not parties[victim]["ok"] and proc.returncode != 0
+    assert not parties[victim]["ok"] and returncode != 0
 
     survivable = victim == AP
     if survivable:  # the QP finished with the other AP; only the dead AP failed

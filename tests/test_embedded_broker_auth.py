@@ -4,7 +4,6 @@ generated Mosquitto ACL (own inbox only, no writing into another deployment)."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 
 import aiomqtt
@@ -14,6 +13,7 @@ from parties.broker import EmbeddedBroker
 from parties.broker_auth import may
 from parties.broker_config import acl_text
 from parties.identity import PrivateKeys, new_local_deployment
+from tests.test_broker_config import first_message
 
 PARTIES = [("alice", "owner"), ("bob", "owner"), ("carol", "aggregator")]
 
@@ -32,15 +32,6 @@ def broker(tmp_path):
 
 def client(b: EmbeddedBroker, user: str | None = None, password: str | None = None):
     return aiomqtt.Client("127.0.0.1", b.port, username=user, password=password, timeout=5)
-
-
-async def first_message(c: aiomqtt.Client, within: float):
-    try:
-        async with asyncio.timeout(within):
-            async for m in c.messages:
-                return m
-    except TimeoutError:
-        return None
 
 
 async def test_outsiders_cannot_log_in(broker):

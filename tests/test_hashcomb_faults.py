@@ -5,14 +5,10 @@ and the audit names it."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.test_capc_faults import GRACE, _pids
+from tests.test_capc_faults import GRACE, _pids, run_and_kill
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,26 +34,10 @@ def test_hashcomb_fl_owner_killed_mid_round(tmp_path):
     cmd = [sys.executable, "-u", str(ROOT / "run_parties.py"), "--runs-dir", str(tmp_path),
            "--timeout", "300", "hashcomb-fl", "--owners", "3", "--rounds", "4",
            "--model", "logreg", "--no-baseline"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=ROOT)
-    killed_at = None
-    deadline = time.monotonic() + 240
-    try:
-        while killed_at is None and time.monotonic() < deadline and proc.poll() is None:
-            run_dirs = [d for d in tmp_path.iterdir() if d.is_dir()]
-            if run_dirs and _sent(run_dirs[0], victim, "hcfl") >= 2:  # its round-2 upload
-                pids = _pids(tmp_path, victim)
-                assert pids, f"{victim} had already exited"
-                for pid in pids:
-                    os.kill(pid, signal.SIGKILL)
-                killed_at = time.monotonic()
-            time.sleep(0.02)
-        out, _ = proc.communicate(timeout=GRACE + 60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert killed_at is not None, "never reached round 2"
-    assert time.monotonic() - killed_at < GRACE
+    # kill it once its round-2 upload is out
+    out, _, killed_at, ended = run_and_kill(cmd, tmp_path, victim,
+                                            lambda run_dir: _sent(run_dir, victim, "hcfl") >= 2)
+    assert ended - killed_at < GRACE
     run_dir = Path(out.strip().splitlines()[-1])
     results = json.loads((run_dir / "results.json").read_text())
     hcfl = next(s for s in results["sessions"] if s["protocol"] == "hcfl")
