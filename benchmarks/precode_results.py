@@ -2,7 +2,7 @@
 the bottleneck on digits and synthetic 32x32 images, attack them, print a table
 and write a PNG grid (RESULTS.md, docs/precode_valuation.md).
 
-    python -m benchmarks.precode_results [--quick] [--data digits synthetic] [--grid PNG] [--json FILE]
+    python -m benchmarks.precode_results [--smoke | --quick] [--data digits synthetic] [--grid PNG] [--json FILE]
 
 Torch is seeded explicitly so runs repeat: nothing here is a secret.
 """
@@ -35,6 +35,9 @@ class EvalSettings:
 
 
 QUICK = EvalSettings()
+# A first look in about a minute: digits, few victims, short attacks. Figures from it
+# are indicative only; RESULTS.md quotes the quick settings.
+SMOKE = EvalSettings(victims=8, epochs_digits=15, ig_iterations=100, dlg_iterations=5)
 FULL = EvalSettings(victims=64, epochs_synthetic=15, ig_iterations=1000, ig_restarts=2, dlg_iterations=40,
                     batch_sizes=(1, 4))
 
@@ -174,16 +177,23 @@ def print_table(rows: list[dict], title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.precode_results",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="quick settings (default: full)")
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--smoke", action="store_true",
+                       help="about a minute: digits only, 8 victims, short attacks (indicative)")
+    speed.add_argument("--quick", action="store_true",
+                       help="the settings RESULTS.md quotes (minutes; default: full, ~1 hour)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", nargs="+", choices=DATASETS, default=list(DATASETS))
+    parser.add_argument("--data", nargs="+", choices=DATASETS, default=None,
+                        help="data sets (default: both; digits with --smoke)")
     parser.add_argument("--grid", default="results/precode_grid.png", help="PNG output path")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
-    mode = "quick" if args.quick else "full"
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    settings = {"smoke": SMOKE, "quick": QUICK, "full": FULL}[mode]
+    data = tuple(args.data or (["digits"] if args.smoke else DATASETS))
     return run_and_report(
-        lambda: evaluate(QUICK if args.quick else FULL, seed=args.seed, grid_path=args.grid,
-                         quick=args.quick, data=tuple(args.data)),
+        lambda: evaluate(settings, seed=args.seed, grid_path=args.grid,
+                         quick=mode != "full", data=data),
         lambda rows, secs: print_table(rows, f"PRECODE vs gradient inversion ({mode} settings, "
                                              f"seed {args.seed}, {secs:.0f} s)"),
         args.json)
