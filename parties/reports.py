@@ -72,6 +72,10 @@ def capc_story(session: dict) -> list[str]:
             f"{r['answering_parties']} voters PATE's guarantee is weak (many teachers make it "
             "strong; RESULTS.md), while the confidentiality of data and models does not depend "
             "on it.")
+        if r.get("refused"):
+            lines.append(f"{r['refused']} of {r['queries']} queries were refused: the privacy "
+                         "guardian's budget was spent (default epsilon 10; raise it deliberately "
+                         "with --budget, or add noise with --sigma-gnmax).")
     return lines
 
 
