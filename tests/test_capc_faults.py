@@ -113,8 +113,10 @@ def broker_url(request, tmp_path_factory):
     stop_mosquitto(proc)
 
 
-@pytest.mark.parametrize("broker_url,victim,step", CASES, indirect=["broker_url"],
-                         ids=[f"{b}-{v}-{s.replace(' ', '_')}" for b, v, s in CASES])
+@pytest.mark.parametrize("broker_url,victim,step", [
+    pytest.param(b, v, s, id=f"{b}-{v}-{s.replace(' ', '_')}",
+                 marks=[pytest.mark.mosquitto] if b == "mosquitto" else [])
+    for b, v, s in CASES], indirect=["broker_url"])
 def test_capc_crypto_party_killed(tmp_path, broker_url, victim, step):
     cmd = [sys.executable, "-u", str(ROOT / "run_parties.py"), "--runs-dir", str(tmp_path),
            *(["--broker", broker_url] if broker_url else []),
