@@ -243,8 +243,6 @@ def capc(args: argparse.Namespace) -> list[Scenario]:
     # key signs every ledger line.
     stem = Path(args.runs_dir).resolve() / f"pg-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     ledger, guardian_key = Path(f"{stem}-ledger.jsonl"), Path(f"{stem}-guardian.key")
-    guardian_key.parent.mkdir(parents=True, exist_ok=True)
-    PrivateKeys.generate("guardian").save(guardian_key)
     return [Scenario("capc", [(m, "qp" if m == qp else "ap") for m in members]
                      + [("guardian", "pg"), ("dealer", "dealer")], params,
                      extra_args={"guardian": ["--ledger", str(ledger)]}, report=capc_report,
@@ -286,6 +284,10 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
         if sorted((n, p.role) for n, p in deployment.parties.items()) != sorted(scenario.parties):
             raise SystemExit(f"{scenario.protocol}: same_run_dir needs the previous session's parties")
     else:
+        for name, path in (scenario.keep_keys or {}).items():  # made by the first session
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                PrivateKeys.generate(name).save(path)
         deployment = new_local_deployment(run_dir, scenario.parties, broker_url, name=run_dir.name,
                                           keep=scenario.keep_keys)
     if broker is not None:
