@@ -324,7 +324,13 @@ class _Auditor:
     def check_ledgers(self, run_dir: Path, paths: dict[str, Path]) -> None:
         from .ledger import LedgerError, verify  # scipy: only when a ledger is recorded
 
-        for party, (seq, digest, lineno) in sorted(self.ledger_heads.items()):
+        # Every ledger a transcript recorded, and every one the auditor names (its owner
+        # may have died before recording a head: its signatures still say whether
+        # anyone else wrote or changed a charge).
+        named = {p for p, path in paths.items() if p in self.dep.parties and path.exists()}
+        for party in sorted(set(self.ledger_heads) | named):
+            head = self.ledger_heads.get(party)
+            lineno = head[2] if head else 0
             path = paths.get(party, run_dir / "ledger" / f"{party}.jsonl")
             if not path.exists():
                 self.issue("error", "ledger-missing", party, lineno,
@@ -336,33 +342,21 @@ class _Auditor:
             except LedgerError as e:
                 self.issue("error", "ledger", party, lineno, f"budget ledger {path}: {e}")
                 continue
-            if seq >= len(digests):
+            if head is not None and head[0] >= len(digests):
                 self.issue("error", "ledger-rolled-back", party, lineno,
                            f"{path} ends at entry {len(digests) - 1}, but {party}'s transcript "
-                           f"recorded entry {seq}: charges were cut off after the run")
-            elif digests[seq] != digest:
+                           f"recorded entry {head[0]}: charges were cut off after the run")
+            elif head is not None and digests[head[0]] != head[1]:
                 self.issue("error", "ledger-rewritten", party, lineno,
-                           f"{path}: entry {seq} differs from the one {party}'s transcript "
+                           f"{path}: entry {head[0]} differs from the one {party}'s transcript "
                            "recorded")
             else:
                 charges = sum(1 for e in entries if e.get("type") == "charge")
+                reach = (f"reaching the recorded entry {head[0]}" if head is not None else
+                         f"no head recorded ({party} did not finish this session)")
                 self.issue("info", "ledger", party, lineno,
                            f"budget ledger {path.name}: {len(entries)} entries ({charges} "
-                           f"charges), signed, reaching the recorded entry {seq}")
-        # A ledger whose owner never recorded its head (it died mid-session): its
-        # signatures still say whether anyone else wrote or changed a charge.
-        for party, path in sorted(paths.items()):
-            if party in self.ledger_heads or party not in self.dep.parties or not path.exists():
-                continue
-            try:
-                entries, _ = verify(path, self.dep.parties[party].sign_pub)
-            except LedgerError as e:
-                self.issue("error", "ledger", party, 0, f"budget ledger {path}: {e}")
-                continue
-            charges = sum(1 for e in entries if e.get("type") == "charge")
-            self.issue("info", "ledger", party, 0,
-                       f"budget ledger {path.name}: {len(entries)} entries ({charges} charges), "
-                       f"signed; no head recorded ({party} did not finish this session)")
+                           f"charges), signed, {reach}")
 
 
 def _describe(h: Header) -> str:

@@ -8,7 +8,7 @@ Mosquitto hash is on that party's card, exactly as with the generated Mosquitto
 ``passwd``; anonymous clients are refused. Its topic rights are those of the
 generated Mosquitto ACL (``parties.broker_config.acl_text``): read its own inbox
 and every presence topic of its deployment, write the other parties' inboxes and
-its own presence. ``tests/test_mqtt_channel.py`` checks both.
+its own presence. ``tests/test_embedded_broker_auth.py`` checks both.
 """
 
 from __future__ import annotations

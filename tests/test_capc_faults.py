@@ -50,7 +50,8 @@ CASES = FULL if os.environ.get("CONFIDANT_FAULT_MATRIX") == "full" else DEFAULT
 GRACE = 45.0  # seconds from the kill to the end of the run: liveness grace plus audit
 
 
-def _count(run_dir: Path, party: str, event: str, step: str) -> int:
+def count_events(run_dir: Path, party: str, event: str, **header: str) -> int:
+    """How many ``event`` lines (sent/received) of ``party``'s transcript have these header fields."""
     path = run_dir / "transcripts" / f"{party}.jsonl"
     if not path.exists():
         return 0
@@ -60,8 +61,8 @@ def _count(run_dir: Path, party: str, event: str, step: str) -> int:
             rec = json.loads(line)
         except ValueError:
             continue  # being written
-        if rec.get("event") == event and rec.get("header", {}).get("step") == step:
-            n += 1
+        got = rec.get("header", {})
+        n += rec.get("event") == event and all(got.get(k) == v for k, v in header.items())
     return n
 
 
@@ -124,7 +125,7 @@ def test_capc_crypto_party_killed(tmp_path, broker_url, victim, step):
            "--batch-size", "2", "--epochs", "2", "--budget", "1000"]
     watch, event, name, count = STEPS[step]
     out, returncode, killed_at, ended = run_and_kill(
-        cmd, tmp_path, victim, lambda run_dir: _count(run_dir, watch, event, name) >= count)
+        cmd, tmp_path, victim, lambda run_dir: count_events(run_dir, watch, event, step=name) >= count)
     run_dir = Path(out.strip().splitlines()[-1])
     results = json.loads((run_dir / "results.json").read_text())
     parties = results["parties"]

@@ -6,11 +6,11 @@ import pytest
 from mpc import additive, encoding
 from mpc.channel import ChannelError, InMemoryNetwork, PeerGone
 from mpc.twopc import (
+    Dealer,
     TwoParty,
     TwoPartyError,
     argmax_onehot,
     serve_dealer,
-    Dealer,
     share_of,
     tensor_from_shares,
 )
@@ -137,7 +137,7 @@ async def test_private_randomness_does_not_come_from_crypten_mersenne_twister():
 
     (a1, a2), (b1, b2) = await asyncio.gather(party("alice", "bob"), party("bob", "alice"))
     for first, second in ((a1, a2), (b1, b2)):
-        for x, y in zip(first, second):
+        for x, y in zip(first, second, strict=True):
             assert not (x == y).any(), "the draw repeats with the generator's state: predictable"
 
 

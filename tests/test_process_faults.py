@@ -11,59 +11,45 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_capc_faults import GRACE, _pids, run_and_kill
+from tests.test_capc_faults import GRACE, _pids, count_events, run_and_kill
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _sent(run_dir: Path, party: str, protocol: str, to: str = "aggregator") -> int:
-    path = run_dir / "transcripts" / f"{party}.jsonl"
-    if not path.exists():
-        return 0
-    n = 0
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        header = rec.get("header", {})
-        n += rec.get("event") == "sent" and header.get("protocol") == protocol \
-            and header.get("recipient") == to
-    return n
-
-
-def test_hashcomb_fl_owner_killed_mid_round(tmp_path):
-    victim = "owner2"
+def _run(tmp_path: Path, args: list[str], victim: str, reached) -> list[dict]:
+    """run_parties.py ARGS with ``victim`` killed once ``reached(run_dir)``; the run ends within
+    seconds and leaves no process. Returns its sessions (each with parties and audit)."""
     cmd = [sys.executable, "-u", str(ROOT / "run_parties.py"), "--runs-dir", str(tmp_path),
-           "--timeout", "300", "hashcomb-fl", "--owners", "3", "--rounds", "4",
-           "--model", "logreg", "--no-baseline"]
-    # kill it once its round-2 upload is out
-    out, _, killed_at, ended = run_and_kill(cmd, tmp_path, victim,
-                                            lambda run_dir: _sent(run_dir, victim, "hcfl") >= 2)
+           "--timeout", "300", *args]
+    out, _, killed_at, ended = run_and_kill(cmd, tmp_path, victim, reached)
     assert ended - killed_at < GRACE
-    run_dir = Path(out.strip().splitlines()[-1])
-    results = json.loads((run_dir / "results.json").read_text())
-    hcfl = next(s for s in results["sessions"] if s["protocol"] == "hcfl")
-    for name, rec in hcfl["parties"].items():
+    assert _pids(tmp_path) == [], "a party process was left behind"
+    results = json.loads((Path(out.strip().splitlines()[-1]) / "results.json").read_text())
+    return results.get("sessions", [results])
+
+
+def _everyone_names(session: dict, victim: str) -> None:
+    for name, rec in session["parties"].items():
         assert not rec["ok"], (name, rec)
         if name != victim:
             assert victim in rec["error"] and rec["fault"] == f"peer:{victim}", (name, rec)
-    assert victim in json.dumps(hcfl["audit"]["issues"])
-    assert _pids(tmp_path) == [], "a party process was left behind"
+    assert victim in json.dumps(session["audit"]["issues"])
+
+
+def test_hashcomb_fl_owner_killed_mid_round(tmp_path):
+    def round_two_upload_out(run_dir: Path) -> bool:
+        return count_events(run_dir, "owner2", "sent", protocol="hcfl",
+                            recipient="aggregator") >= 2
+
+    sessions = _run(tmp_path, ["hashcomb-fl", "--owners", "3", "--rounds", "4", "--model",
+                               "logreg", "--no-baseline"], "owner2", round_two_upload_out)
+    _everyone_names(next(s for s in sessions if s["protocol"] == "hcfl"), "owner2")
 
 
 @pytest.mark.parametrize("victim", ["bob", "dealer"])
 def test_argmax2pc_party_killed_inside_the_2pc(tmp_path, victim):
-    cmd = [sys.executable, "-u", str(ROOT / "run_parties.py"), "--runs-dir", str(tmp_path),
-           "--timeout", "300", "argmax2pc", "--batch", "64"]
-    # alice's tenth CrypTen message to bob: the 2PC is under way (it takes ~57 rounds)
-    out, _, killed_at, ended = run_and_kill(
-        cmd, tmp_path, victim, lambda run_dir: _sent(run_dir, "alice", "argmax2pc", "bob") >= 10)
-    assert ended - killed_at < GRACE
-    results = json.loads((Path(out.strip().splitlines()[-1]) / "results.json").read_text())
-    for name, rec in results["parties"].items():
-        assert not rec["ok"], (name, rec)
-        if name != victim:
-            assert victim in rec["error"] and rec["fault"] == f"peer:{victim}", (name, rec)
-    assert victim in json.dumps(results["audit"]["issues"])
-    assert _pids(tmp_path) == [], "a party process was left behind"
+    def under_way(run_dir: Path) -> bool:  # alice's tenth message to bob, of ~57 rounds
+        return count_events(run_dir, "alice", "sent", protocol="argmax2pc", recipient="bob") >= 10
+
+    (session,) = _run(tmp_path, ["argmax2pc", "--batch", "64"], victim, under_way)
+    _everyone_names(session, victim)

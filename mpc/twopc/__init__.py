@@ -10,5 +10,5 @@ from .communicator import TwoPartyError
 from .dealer import Dealer, SessionAbandoned, serve_dealer
 from .session import TwoParty, argmax_onehot, onehot_argmax_share, share_of, tensor_from_shares
 
-__all__ = ["Dealer", "SessionAbandoned", "TwoParty", "TwoPartyError", "argmax_onehot", "onehot_argmax_share", "serve_dealer",
-           "share_of", "tensor_from_shares"]
+__all__ = ["Dealer", "SessionAbandoned", "TwoParty", "TwoPartyError", "argmax_onehot",
+           "onehot_argmax_share", "serve_dealer", "share_of", "tensor_from_shares"]

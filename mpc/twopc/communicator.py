@@ -34,12 +34,12 @@ class ChannelCommunicator(Communicator):
     BYTES_PER_ELEMENT = 8
 
     def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop, names: tuple[str, str],
-                 kind: str, timeout: float):
+                 kind: str, timeout: float, watch: tuple[str, ...] = ()):
         self.channel, self.loop, self.names, self.kind, self.timeout = (
             channel, loop, names, kind, timeout)
         self.rank = names.index(channel.me)
         self.peer = names[1 - self.rank]
-        self.watch: tuple[str, ...] = ()  # e.g. the dealer: if it dies the peer waits forever too
+        self.watch = watch  # e.g. the dealer: if it dies, the peer waits forever too
         self.messages = 0
         self.bytes = 0
         self.reset_communication_stats()
@@ -61,7 +61,8 @@ class ChannelCommunicator(Communicator):
     def recv(self, tensor, src=None):
         if src is not None:
             self._check(src)
-        return self._fill(tensor, self._call(self.channel.recv(self.peer, self.kind, self.timeout, watch=self.watch)))
+        got = self._call(self.channel.recv(self.peer, self.kind, self.timeout, watch=self.watch))
+        return self._fill(tensor, got)
 
     def _fill(self, tensor, data):
         if not isinstance(data, np.ndarray) or data.size != tensor.numel():

@@ -13,25 +13,20 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from .. import randomness
 from ..channel import Channel, ChannelError
 from .communicator import TwoPartyError
-from .shims import count_wraps
+from .shims import count_wraps, random_ring
 
 _TRIPLE_OPS = {"mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"}
 
 
-def _random_long(shape) -> torch.Tensor:
-    return torch.from_numpy(randomness.ring(tuple(shape)).view(np.int64))
-
-
 def _split_arith(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    s0 = _random_long(x.shape)
+    s0 = random_ring(x.shape)
     return s0.numpy(), (x - s0).numpy()
 
 
 def _split_binary(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    s0 = _random_long(x.shape)
+    s0 = random_ring(x.shape)
     return s0.numpy(), (x ^ s0).numpy()
 
 
@@ -41,21 +36,21 @@ def _make_tuple(req: dict) -> list[list[np.ndarray]]:
     if fn == "generate_additive_triple":
         if req.get("op") not in _TRIPLE_OPS:
             raise TwoPartyError(f"dealer refuses triple op {req.get('op')!r}")
-        a, b = _random_long(req["size0"]), _random_long(req["size1"])
+        a, b = random_ring(req["size0"]), random_ring(req["size1"])
         c = getattr(torch, req["op"])(a, b, *req.get("args", []), **req.get("kwargs", {}))
         parts = [_split_arith(a), _split_arith(b), _split_arith(c)]
     elif fn == "square":
-        r = _random_long(req["size"])
+        r = random_ring(req["size"])
         parts = [_split_arith(r), _split_arith(r * r)]
     elif fn == "generate_binary_triple":
-        a, b = _random_long(req["size0"]), _random_long(req["size1"])
+        a, b = random_ring(req["size0"]), random_ring(req["size1"])
         parts = [_split_binary(a), _split_binary(b), _split_binary(a & b)]
     elif fn == "wrap_rng":
-        r0, r1 = _random_long(req["size"]), _random_long(req["size"])
+        r0, r1 = random_ring(req["size"]), random_ring(req["size"])
         theta = count_wraps([r0, r1])
         parts = [(r0.numpy(), r1.numpy()), _split_arith(theta)]
     elif fn == "B2A_rng":
-        bit = _random_long(req["size"]) & 1
+        bit = random_ring(req["size"]) & 1
         parts = [_split_arith(bit), _split_binary(bit)]
     else:
         raise TwoPartyError(f"dealer got an unknown request {fn!r}")

@@ -69,8 +69,8 @@ class TwoParty:
     async def __aenter__(self) -> TwoParty:
         loop = asyncio.get_running_loop()
         self._comm = ChannelCommunicator(self.channel, loop, self.names,
-                                         f"{self.prefix}.crypten", self.timeout)
-        self._comm.watch = (self.dealer,)
+                                         f"{self.prefix}.crypten", self.timeout,
+                                         watch=(self.dealer,))
         self._provider = DealerProvider(self._comm, self.dealer, self.prefix, self.tag)
         return self
 

@@ -47,7 +47,7 @@ from crypten.mpc.provider.provider import TupleProvider  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402  (CrypTen's config library)
 
 __all__ = ["ArithmeticSharedTensor", "BinarySharedTensor", "Communicator", "MPCTensor",
-           "TupleProvider", "count_wraps", "crypten", "local", "new_session_seeds"]
+           "TupleProvider", "count_wraps", "crypten", "local", "new_session_seeds", "random_ring"]
 
 MPCTensor = crypten.mpc.MPCTensor
 Communicator = _crypten_comm.Communicator
@@ -139,7 +139,8 @@ def _is_local(generator, kwargs) -> bool:
     return generator is None or (gens is not None and generator is gens["local"].get(device))
 
 
-def _os_ring(size) -> torch.Tensor:
+def random_ring(size) -> torch.Tensor:
+    """Uniform elements of Z_2^64 as CrypTen's int64 tensors, from the OS."""
     shape = (size,) if isinstance(size, int) else tuple(size)
     return torch.from_numpy(randomness.ring(shape).view(np.int64))
 
@@ -150,7 +151,7 @@ def _ring_element(size, ring_size=2**64, generator=None, **kwargs):
         return _SEEDED["generate_random_ring_element"](size, ring_size, generator, **kwargs)
     if ring_size != 2**64:
         raise NotImplementedError("only CrypTen's default ring Z_2^64 is used here")
-    return _os_ring(size)
+    return random_ring(size)
 
 
 def _kbit_tensor(size, bitlength=None, generator=None, **kwargs):
@@ -158,7 +159,7 @@ def _kbit_tensor(size, bitlength=None, generator=None, **kwargs):
     if not _is_local(generator, kwargs):
         return _SEEDED["generate_kbit_random_tensor"](size, bitlength, generator, **kwargs)
     bits = 64 if bitlength is None else bitlength
-    values = _os_ring(size)
+    values = random_ring(size)
     return values if bits == 64 else values & ((1 << bits) - 1)
 
 
