@@ -1,17 +1,26 @@
 """Other protocols between processes with a party SIGKILLed mid-protocol: Hash-Comb
 training (an owner in round 2) and the 2PC argmax (a holder or the dealer inside the
-2PC). The run ends within seconds, every survivor names the dead party, no process
-is left, and the audit names it. (CaPC: tests/test_capc_faults.py.)"""
+2PC), Hash-Comb's setup and recovery (a crash injected at an exact message). The run
+ends within seconds, every survivor names the dead party, no process is left, and the
+audit names it. (CaPC: tests/test_capc_faults.py.)"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from parties.audit import audit_run
+from tests import test_parties_e2e as e2e
 from tests.test_capc_faults import GRACE, _pids, count_events, run_and_kill
+from tests.test_parties_e2e import Session, check_hcsetup, owners, run_ok
+
+broker_factory = e2e.broker_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,3 +62,64 @@ def test_argmax2pc_party_killed_inside_the_2pc(tmp_path, victim):
 
     (session,) = _run(tmp_path, ["argmax2pc", "--batch", "64"], victim, under_way)
     _everyone_names(session, victim)
+
+
+# -- Hash-Comb setup and recovery: crashes injected at an exact message (tests/crashing.py) --
+
+SETUP_CRASHES = {  # victim dies instead of sending this message
+    "owner-during-shares": ("owner2", "hcsetup.share", 2),
+    "owner-during-opening": ("owner3", "hcsetup.open", 1),
+    "aggregator-during-agreement": ("aggregator", "hcsetup.agreed", 2),
+}
+NO_TIMEOUT = 600  # the protocol's own timeout: far beyond the wait, so only death detection ends it
+
+
+def _crashing(monkeypatch, protocol: str, victim: str, kind: str, n: int) -> None:
+    monkeypatch.setenv("CONFIDANT_PROTOCOLS", f"{os.environ.get('CONFIDANT_PROTOCOLS', '')},"
+                                              f"{protocol}=tests.crashing_{protocol}")
+    monkeypatch.setenv("CONFIDANT_TEST_CRASH", f"{victim}:{kind}:{n}")
+
+
+def _audit_names(run_dir: Path, victim: str) -> None:
+    report = audit_run(run_dir)
+    assert not report.ok and victim in json.dumps([asdict(i) for i in report.issues]), report
+
+
+@pytest.mark.parametrize("case", SETUP_CRASHES)
+def test_hcsetup_party_crashes_mid_protocol(broker_factory, monkeypatch, case):
+    victim, kind, n = SETUP_CRASHES[case]
+    _crashing(monkeypatch, "hcsetup", victim, kind, n)
+    b = broker_factory("amqtt", owners(4))
+    names = list(b.deployment.parties)
+    results = Session(b.run_dir, "hcsetup", {"levels": 6, "timeout": NO_TIMEOUT}, names).wait(45)
+    assert results[victim]["exit"] == -signal.SIGKILL
+    finished = {n for n, r in results.items() if r["ok"]}
+    # only an owner that had its 'agreed' before the aggregator died finishes
+    assert finished == ({"owner1"} if victim == "aggregator" else set()), results
+    for name, rec in results.items():
+        if name not in finished | {victim}:
+            assert victim in rec["error"] and rec["fault"] == f"peer:{victim}", (name, rec["error"])
+    _audit_names(b.run_dir, victim)
+
+
+@pytest.mark.parametrize("threshold", [2, 3])
+def test_hcrecover_helper_crashes(broker_factory, monkeypatch, threshold):
+    """owner3 dies instead of handing owner2 its share: with t = 2 the two other shares
+    recover the secret; with t = 3 they cannot, and owner2's error names owner3."""
+    b = broker_factory("amqtt", owners(4))
+    names = list(b.deployment.parties)
+    kc = check_hcsetup(run_ok(b.run_dir, "hcsetup", {"levels": 6, "threshold": threshold}, names),
+                       dict.fromkeys(names, b.run_dir))
+    (b.run_dir / "state" / "owner2.state").unlink()
+    _crashing(monkeypatch, "hcrecover", "owner3", "hcrecover.share", 1)
+    results = Session(b.run_dir, "hcrecover", {"recovering": "owner2", "timeout": NO_TIMEOUT},
+                      names).wait(45)
+    assert results["owner3"]["exit"] == -signal.SIGKILL
+    assert all(results[n]["ok"] for n in ("owner1", "owner4", "aggregator")), results
+    owner2 = results["owner2"]
+    if threshold == 2:
+        assert owner2["ok"], owner2["error"]
+        assert owner2["result"]["key_check"] == kc and owner2["result"]["unreachable"] == ["owner3"]
+    else:
+        assert not owner2["ok"] and "owner3" in owner2["error"], owner2["error"]
+    _audit_names(b.run_dir, "owner3")
