@@ -3,6 +3,7 @@
 
     python run_parties.py hashcomb-setup --owners 5
     python run_parties.py argmax2pc --batch 4 --classes 10
+    python run_parties.py dssgd --parties 10 --rounds 30 --theta-u 0.1
     python run_parties.py demo                   # what `make demo` runs
 
 Each run lives in runs/<timestamp>/ (deployment, keys, transcripts, results,
@@ -248,6 +249,67 @@ def capc(args: argparse.Namespace) -> list[Scenario]:
                      extra_args={"guardian": ["--ledger", str(ledger)]}, report=capc_report,
                      keep_keys={"guardian": guardian_key}, ledgers={"guardian": ledger})
             for qp in members[:args.qps]]
+
+
+def _dssgd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parties", type=int, default=10, help="participants (plus one parameter server)")
+    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine"])
+    p.add_argument("--split", default="iid", choices=["iid", "noniid"])
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet skew of --split noniid")
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--theta-u", type=float, default=0.1, help="fraction of parameters uploaded")
+    p.add_argument("--theta-d", type=float, default=1.0, help="fraction of parameters downloaded")
+    p.add_argument("--order", default="round-robin", choices=["round-robin", "random", "async"])
+    p.add_argument("--selection", default="largest", choices=["largest", "threshold"],
+                   help="upload the largest changes, or random ones of at least --tau")
+    p.add_argument("--download", default="counts", choices=["counts", "recent", "random"],
+                   help="which global parameters to download when --theta-d < 1")
+    p.add_argument("--tau", type=float, default=1e-4, help="threshold of --selection threshold and DP")
+    p.add_argument("--gamma", type=float, default=0.1, help="uploaded values are clipped to +-gamma")
+    p.add_argument("--dp-epsilon", type=float, default=None,
+                   help="private uploads (sparse vector technique): epsilon per participant and round")
+    p.add_argument("--budget", type=float, default=10.0,
+                   help="each participant's epsilon budget (its ledger) with --dp-epsilon")
+    p.add_argument("--delta", type=float, default=1e-5, help="delta of the run's epsilon")
+    p.add_argument("--model", default="mlp", choices=["mlp", "logreg"])
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=1, help="local epochs per round")
+    p.add_argument("--lr", type=float, default=0.1, help="local SGD learning rate")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="data split, model init, shuffling")
+    p.add_argument("--no-baselines", action="store_true", help="skip standalone and centralized")
+
+
+@scenario("dssgd", "distributed selective SGD (Shokri and Shmatikov), beside standalone and "
+          "centralized training", _dssgd_args)
+def dssgd(args: argparse.Namespace) -> list[Scenario]:
+    from learning.dssgd import centralized_accuracy
+    from parties.reports import dssgd_report
+
+    if args.parties < 1:
+        raise SystemExit("dssgd needs at least 1 participant")
+    params = {"dataset": args.dataset, "split": args.split, "alpha": args.alpha,
+              "rounds": args.rounds, "theta_u": args.theta_u, "theta_d": args.theta_d,
+              "order": args.order, "selection": args.selection, "download": args.download,
+              "tau": args.tau, "gamma": args.gamma, "dp_epsilon": args.dp_epsilon,
+              "epsilon_budget": args.budget, "delta": args.delta, "model": args.model,
+              "hidden": args.hidden, "epochs": args.epochs, "lr": args.lr, "batch": args.batch,
+              "seed": args.seed, "data_seed": args.seed, "baselines": not args.no_baselines}
+    if args.dp_epsilon and args.dp_epsilon * args.rounds > args.budget:
+        console.print(f"[yellow]note:[/] {args.rounds} rounds at epsilon {args.dp_epsilon:g} exceed "
+                      f"each participant's budget {args.budget:g}: uploads stop after about "
+                      f"{int(args.budget // args.dp_epsilon)} rounds (raise --budget deliberately)")
+
+    def report(run_dir: Path, session: dict) -> None:
+        central = None if args.no_baselines else centralized_accuracy(
+            args.dataset, data_seed=args.seed, model=args.model, hidden=args.hidden, seed=args.seed,
+            epochs=args.rounds * args.epochs, lr=args.lr, batch=args.batch)
+        summary = dssgd_report(run_dir, session, central)
+        if summary is not None:
+            session["summary"] = summary
+
+    names = [(f"participant{i}", "participant") for i in range(1, args.parties + 1)]
+    return [Scenario("dssgd", names + [("server", "server")], params, report=report)]
 
 
 # CaPC is for a data-poor querying party: the demo's QP keeps 50 labelled points and buys

@@ -183,6 +183,18 @@ def partition(y: np.ndarray | torch.Tensor, parts: int, how: str = "iid", seed: 
                        f"per owner in 1000 tries; raise alpha (now {alpha}) or lower min_size")
 
 
+def federated_shard(dataset: str, owners: int, index: int, *, split: str = "iid", seed: int = 0,
+                    alpha: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                 torch.Tensor, int]:
+    """Owner ``index``'s training shard of a built-in table and the common test split:
+    (x, y, x_test, y_test, classes). A simulation of federated data: each owner loads the
+    public data set and keeps only its own shard (:func:`partition`, deterministic)."""
+    data = load_table(dataset, seed=int(seed))
+    shards = partition(data.y_train, owners, split, seed=int(seed), alpha=float(alpha))
+    mine = torch.as_tensor(shards[index])
+    return data.x_train[mine], data.y_train[mine], data.x_test, data.y_test, data.num_classes
+
+
 @dataclass
 class PartyData:
     """One party's private labelled data, the common test set, and the QP's query pool."""

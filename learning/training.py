@@ -83,6 +83,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return evaluate(model, x, y)[0]
 
 
+def round_seed(seed: int, party_index: int, rnd: int) -> int:
+    """The public shuffling seed of one party's local training in one round."""
+    return int(np.random.SeedSequence([int(seed), party_index, rnd]).generate_state(1)[0])
+
+
 def get_flat(model: nn.Module) -> np.ndarray:
     """All parameters as one float32 vector (a copy)."""
     return nn.utils.parameters_to_vector(model.parameters()).detach().numpy().copy()

@@ -71,6 +71,22 @@ def normal(shape: tuple[int, ...] | int, std: float = 1.0) -> np.ndarray:
     return (z * std).reshape(shape)
 
 
+def laplace(shape: tuple[int, ...] | int, scale: float) -> np.ndarray:
+    """Laplace draws of ``scale`` (inverse CDF over :func:`uniform`), float64: DP noise
+    of the sparse vector technique. Like :func:`normal`, not hardened against
+    floating-point attacks (Mironov 2012)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    u = uniform(n) - 0.5                       # in [-1/2, 1/2)
+    z = -np.sign(u) * np.log1p(-2.0 * np.abs(u))  # |u| = 1/2 only at u = -1/2: -inf, redrawn
+    bad = ~np.isfinite(z)
+    while bad.any():
+        u = uniform(int(bad.sum())) - 0.5
+        z[bad] = -np.sign(u) * np.log1p(-2.0 * np.abs(u))
+        bad = ~np.isfinite(z)
+    return (z * float(scale)).reshape(shape)
+
+
 def generator() -> np.random.Generator:
     """A fresh numpy Generator seeded with 256 bits from the OS, for bulk draws
     (masks over 10^5 slots, dither) where numpy's distributions are needed.

@@ -86,3 +86,85 @@ def capc_report(run_dir: Path, session: dict) -> None:
     png = capc_plot([session], run_dir / "capc.png")
     if png:
         console.print(f"plot: {png}")
+
+
+def dssgd_summary(session: dict) -> dict | None:
+    """Means over the participants that finished: accuracy per round, final accuracies,
+    bytes, privacy; None when none finished."""
+    from statistics import mean
+
+    done = [rec["result"] for rec in session["parties"].values()
+            if rec.get("ok") and (rec.get("result") or {}).get("role") == "participant"]
+    if not done:
+        return None
+    cfg = done[0]["config"]
+    rounds = len(done[0]["rounds"])
+    out = {"config": cfg, "participants": len(done),
+           "curve": [mean(d["rounds"][i]["accuracy"] for d in done) for i in range(rounds)],
+           "global": mean(d["global_accuracy"] for d in done),
+           "local": mean(d["local_accuracy"] for d in done),
+           "standalone": (mean(d["standalone_accuracy"] for d in done)
+                          if "standalone_accuracy" in done[0] else None),
+           "bytes_up": mean(d["bytes_up"] for d in done), "bytes_down": mean(d["bytes_down"] for d in done),
+           "dimension": done[0]["dimension"], "privacy": done[0].get("privacy")}
+    server = next((rec for rec in session["parties"].values() if rec.get("role") == "server"), {})
+    out["dropped"] = (server.get("result") or {}).get("dropped", {})
+    return out
+
+
+def dssgd_report(run_dir: Path, session: dict, centralized: float | None = None) -> dict | None:
+    """The final table (DSSGD beside standalone and centralized), privacy, and the plot."""
+    s = dssgd_summary(session)
+    if s is None:
+        console.print("[red]no participant finished; no DSSGD results[/]")
+        return None
+    cfg = s["config"]
+    table = Table(title=f"DSSGD: {cfg['dataset']}, {cfg['split']}, {s['participants']} participants, "
+                        f"order {cfg['order']}, theta_u {cfg['theta_u']:g}, theta_d {cfg['theta_d']:g}, "
+                        f"{cfg['selection'] if not cfg['dp_epsilon'] else 'SVT (DP)'}, "
+                        f"{len(s['curve'])} rounds; test accuracy, mean over participants")
+    for col in ("training", "accuracy", "bytes up / participant", "bytes down / participant", "epsilon"):
+        table.add_column(col, justify="right")
+    p = s["privacy"]
+    eps = (f"{p['per_round']:g}/round; run: {min(p['basic'], p['zcdp']):.4g}" if p else "none (no DP)")
+    table.add_row("DSSGD, global model", f"{s['global']:.4f}", f"{s['bytes_up']:,.0f}",
+                  f"{s['bytes_down']:,.0f}", eps)
+    table.add_row("DSSGD, local model after last round", f"{s['local']:.4f}", "", "", "")
+    if s["standalone"] is not None:
+        table.add_row("standalone (each alone)", f"{s['standalone']:.4f}", "0", "0", "none")
+    if centralized is not None:
+        table.add_row("centralized (data pooled)", f"{centralized:.4f}", "all data", "", "none")
+    console.print(table)
+    console.print(f"a float32 model is {4 * s['dimension']:,} B; an upload carries "
+                  "4 B of index and 8 B of value per parameter")
+    if p:
+        console.print(
+            f"privacy, per participant: epsilon {p['per_round']:g} per round is the paper's figure "
+            f"(per parameter: {p['per_parameter']:.3g}); over {p['rounds_charged']} charged rounds the "
+            f"data costs epsilon {p['basic']:.4g} by basic composition, {p['zcdp']:.4g} through zCDP "
+            f"(delta {p['delta']:g}); the ledger's accountant says {p['ledger_epsilon']:.4g}"
+            + (f"; {p['rounds_refused']} rounds uploaded nothing (budget {p['budget']:g} spent)"
+               if p["rounds_refused"] else ""))
+    if s["dropped"]:
+        console.print(f"dropped: {s['dropped']}")
+    s["centralized"] = centralized
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    xs = range(1, len(s["curve"]) + 1)
+    ax.plot(xs, s["curve"], marker="o", ms=3, label=f"DSSGD local models (global {s['global']:.3f})")
+    if s["standalone"] is not None:
+        ax.axhline(s["standalone"], color="grey", ls="--", label=f"standalone ({s['standalone']:.3f})")
+    if centralized is not None:
+        ax.axhline(centralized, color="green", ls=":", label=f"centralized ({centralized:.3f})")
+    ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1),
+           title=f"DSSGD {cfg['dataset']} {cfg['split']}, theta_u {cfg['theta_u']:g}, {cfg['order']}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(run_dir / "dssgd.png", dpi=110)
+    plt.close(fig)
+    console.print(f"plot: {run_dir / 'dssgd.png'}")
+    return s

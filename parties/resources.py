@@ -33,8 +33,8 @@ def open_resources(protocol_module: Any, role: str, name: str, workdir: Path,
                    ledger_path: Path | None = None, signer=None) -> Resources:
     """Open what ``role`` of ``protocol_module`` declares; ``stack`` closes it."""
     resources = Resources()
-    if "budget" in declared(protocol_module, role):
-        typed = protocol_module.Params.from_dict(params)
+    typed = protocol_module.Params.from_dict(params)
+    if "budget" in declared(protocol_module, role, typed):
         path = ledger_path or workdir / "ledger" / f"{name}.jsonl"
         resources.budget = stack.enter_context(open_ledger(path, typed.epsilon_budget,
                                                            typed.delta, signer))

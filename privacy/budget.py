@@ -1,4 +1,5 @@
-"""The privacy guardian's budget policy: which PATE queries it may still answer.
+"""A privacy budget policy: which PATE queries a guardian may still answer, and which
+pure-DP releases (a DSSGD participant's private uploads) a party may still make.
 
 Pure and in memory: :class:`PrivacyBudget` decides, records and replays
 *entries* (plain dicts): a ``charge`` (a query granted, charged before its
@@ -30,6 +31,7 @@ from .pate import (
     gnmax_rdp_data_independent,
     threshold_rdp_data_independent,
 )
+from .svt import pure_dp_rdp
 
 
 class BudgetError(ValueError):
@@ -94,6 +96,15 @@ class PrivacyBudget:
                                     "sigma_threshold": float(sigma_threshold),
                                     "sigma_gnmax": float(sigma_gnmax)}, query_id)
 
+    def request_pure(self, epsilon: float, query_id: str = "", mechanism: str = "pure") -> Decision:
+        """Ask to release the output of an ``epsilon``-DP mechanism (e.g. one round of
+        DSSGD's sparse vector technique), charged as its RDP curve min(eps, alpha eps^2 / 2)."""
+        if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon > 0):
+            raise BudgetError(f"epsilon must be positive, got {epsilon!r}")
+        return self._request(pure_dp_rdp(epsilon, self._orders),
+                             {"mechanism": "pure", "epsilon": float(epsilon), "what": mechanism},
+                             query_id)
+
     def settle(self, seq: int, answered: bool) -> None:
         """Record whether the Confident-GNMax query charged at ``seq`` answered;
         if it abstained its GNMax step is no longer charged."""
@@ -128,6 +139,9 @@ class PrivacyBudget:
         try:
             if kind == "charge" and entry["mechanism"] == "gnmax":
                 self._acc.add_gnmax(None, entry["sigma"])
+            elif kind == "charge" and entry["mechanism"] == "pure":
+                self._acc.add_rdp(pure_dp_rdp(float(entry["epsilon"]), self._orders),
+                                  data_dependent=False)
             elif kind == "charge" and entry["mechanism"] == "confident_gnmax":
                 sigmas = (entry["sigma_threshold"], entry["sigma_gnmax"])
                 cost = self._confident_cost(*sigmas)

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from learning.datasets import SPLITS, TABLES, DatasetError, load_table, partition
+from learning.datasets import SPLITS, TABLES, DatasetError, federated_shard
 from learning.models import public_mlp
-from learning.training import evaluate, get_flat, set_flat, train
+from learning.training import evaluate, get_flat, round_seed, set_flat, train
 from mpc import randomness, wire
 from privacy.hashcomb_codec import (
     HashComb,
@@ -175,21 +175,13 @@ def local_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: F
           seed=shuffle_seed)
 
 
-def shuffle_seed(cfg: FLConfig, owner_index: int, rnd: int) -> int:
-    return int(np.random.SeedSequence([int(cfg.seed), owner_index, rnd]).generate_state(1)[0])
-
-
 def owner_data(cfg: FLConfig, owners: int, index: int):
-    """This owner's training shard and the common test split (a simulation: each
-    owner loads the public toy data set and keeps only its own shard)."""
+    """This owner's training shard and the common test split."""
     try:
-        data = load_table(cfg.dataset, seed=int(cfg.data_seed))
-        shards = partition(data.y_train, owners, cfg.split, seed=int(cfg.data_seed),
-                           alpha=float(cfg.alpha))
+        return federated_shard(cfg.dataset, owners, index, split=cfg.split,
+                               seed=cfg.data_seed, alpha=cfg.alpha)
     except DatasetError as e:
         raise ParameterError(f"{NAME}: {e}") from None
-    mine = torch.as_tensor(shards[index])
-    return data.x_train[mine], data.y_train[mine], data.x_test, data.y_test, data.num_classes
 
 
 # --------------------------------------------------------------------------- roles
@@ -230,7 +222,7 @@ async def owner(ctx: RoleContext) -> RoleResult:
     for r in range(cfg.rounds):
         t0 = time.perf_counter()
         w0 = get_flat(model)
-        local_train(model, x, y, cfg, shuffle_seed(cfg, index, r))
+        local_train(model, x, y, cfg, round_seed(cfg.seed, index, r))
         change = get_flat(model) - w0
         t_train = time.perf_counter() - t0
         if hashcomb:

@@ -25,6 +25,7 @@ BUILT_IN: dict[str, str] = {
     "hcrecover": "protocols.hcrecover",
     "capc": "protocols.capc",
     "hcfl": "protocols.hashcomb_fl",
+    "dssgd": "protocols.dssgd",
 }
 ENV = "CONFIDANT_PROTOCOLS"
 

@@ -24,9 +24,13 @@ from .params import Params
 ResourceFactory = Callable[[str, str], Resources]   # (party name, role) -> its resources
 
 
-def declared(module: Any, role: str) -> tuple[str, ...]:
-    """The resource kinds a protocol's role declares (``RESOURCES``), validated."""
-    kinds = tuple(getattr(module, "RESOURCES", {}).get(role, ()))
+def declared(module: Any, role: str, params: Params | None = None) -> tuple[str, ...]:
+    """The resource kinds a protocol's role declares (``RESOURCES``), validated. A
+    declaration may depend on the typed parameters (a function of them)."""
+    kinds = getattr(module, "RESOURCES", {}).get(role, ())
+    if callable(kinds):
+        kinds = kinds(params if params is not None else module.Params.from_dict({}))
+    kinds = tuple(kinds)
     unknown = set(kinds) - set(Resources.KINDS)
     if unknown:
         raise ValueError(f"protocol {module.NAME!r} asks for unknown resource(s) {sorted(unknown)}")
@@ -37,7 +41,7 @@ def in_memory_resources(module: Any, params: Params) -> ResourceFactory:
     """Fresh in-memory resources: a budget sized by the protocol's own parameters."""
     def make(name: str, role: str) -> Resources:
         res = Resources()
-        if "budget" in declared(module, role):
+        if "budget" in declared(module, role, params):
             res.budget = PrivacyBudget(params.epsilon_budget, params.delta)
         return res
     return make
