@@ -42,5 +42,5 @@ def test_integral_floats_from_json_become_ints_and_null_is_kept_where_allowed():
 
 
 def test_unknown_protocol_is_named():
-    with pytest.raises(ParameterError, match="unknown protocol 'dssgd'"):
-        protocols.load("dssgd")
+    with pytest.raises(ParameterError, match="unknown protocol 'nosuchprotocol'"):
+        protocols.load("nosuchprotocol")
