@@ -1,0 +1,403 @@
+"""Federated averaging, with secure aggregation (``secagg``: SecAgg+, Bonawitz et al. 2017
+over the sparse graph of Bell et al. 2020) or in the clear, weighted by sample counts.
+
+Roles: N ``client`` parties and one ``server``. Every client trains the current global
+model on its own data each round and takes the change; the server learns only the
+weighted mean of the changes, and sends the new global model back (``model``).
+
+A secure round (the maths in :mod:`mpc.secagg`):
+
+1. ``keys``: every client makes a fresh X25519 mask key pair and sends the public key to
+   its neighbours (a public random graph of degree k, the same for everyone) and to the
+   server. Messages go client to client through the broker, signed and encrypted end to
+   end by the envelope, so the server can neither swap a key nor read a share.
+2. ``shares``: it Shamir-shares (t of k) a fresh self-mask seed b and its mask private key
+   among its neighbours.
+3. ``masked``: it sends the server y = x + PRG(b) + sum of +-PRG(s_uv) mod 2^k over the
+   neighbours whose key and shares it received (listed with y), x its quantized weighted
+   update.
+4. ``survivors``: the server names the clients whose y arrived. ``confirm``: every client
+   sends a digest of that list to every client of the round and goes on only when a
+   quorum (more than (n + corrupt)/2 of the round's clients) confirmed the same list, and
+   no client is listed as both surviving and dropped; otherwise it aborts.
+5. ``unmask``: each client releases, for each neighbour, the share of b if the neighbour
+   survived, the share of its mask key if it dropped, never both (it refuses a second
+   kind for the same neighbour). The server rebuilds the seeds from t shares each and
+   removes the masks: the exact sum of the survivors' x.
+
+Clients that drop at any stage are left out as long as every needed seed still has t
+shares; otherwise the round fails with :class:`AggregationFailed` naming who is missing,
+and nobody gets a partial result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from learning.datasets import SPLITS, TABLES, DatasetError, federated_shard, load_table
+from learning.models import public_mlp
+from learning.training import evaluate, get_flat, round_seed, set_flat, train
+from mpc import randomness, secagg, shamir, wire
+from mpc.channel import ChannelError
+
+from .context import RoleContext, RoleResult
+from .errors import ParameterError, PeerMisbehaved, ProtocolError
+from .params import Params
+
+NAME = "fedavg"
+RULES = {
+    ("client", "client", "keys"),
+    ("client", "server", "keys"),
+    ("client", "client", "shares"),
+    ("client", "server", "masked"),
+    ("server", "client", "survivors"),
+    ("client", "client", "confirm"),
+    ("client", "server", "unmask"),
+    ("client", "server", "update"),      # plain FedAvg: the weighted update in the clear
+    ("server", "client", "model"),
+}
+
+
+class AggregationFailed(ProtocolError):
+    """Too few clients left to unmask the sum; no partial result is released."""
+
+
+@dataclass(frozen=True)
+class FedAvgParams(Params):
+    PROTOCOL = NAME
+    secagg: bool = True
+    dataset: str = "digits"
+    split: str = "iid"
+    alpha: float = 0.5
+    data_seed: int = 0
+    seed: int = 0
+    model: str = "mlp"
+    hidden: int = 32
+    rounds: int = 20
+    epochs: int = 1
+    lr: float = 0.1
+    batch: int = 32
+    clip: float = 0.5            # update coordinates clipped to [-clip, clip] before quantizing
+    bits: int = 16               # quantization bits per coordinate
+    max_weight: int = 10_000     # the largest sample count a client may weight its update by
+    dropout: float = 0.1         # tolerated dropout fraction (chooses the graph and threshold)
+    corrupt: float = 0.1         # tolerated fraction of corrupt clients colluding with the server
+    timeout: float = 120.0
+
+    def check(self) -> list[str]:
+        checks = [
+            (self.dataset in TABLES, f"dataset must be one of {TABLES}"),
+            (self.split in SPLITS, f"split must be one of {SPLITS}"),
+            (self.model in ("mlp", "logreg"), "model must be 'mlp' or 'logreg'"),
+            (min(self.rounds, self.epochs, self.batch, self.hidden, self.max_weight) >= 1,
+             "rounds, epochs, batch, hidden and max_weight must be >= 1"),
+            (1 <= self.bits <= 32, "bits must be in 1..32"),
+            (min(self.lr, self.clip, self.alpha, self.timeout) > 0, "lr, clip, alpha, timeout must be > 0"),
+            (0 <= self.dropout < 0.5 and 0 <= self.corrupt < 0.5,
+             "dropout and corrupt must be fractions in [0, 0.5)"),
+        ]
+        return [msg for ok, msg in checks if not ok]
+
+
+Params = FedAvgParams
+
+
+@dataclass(frozen=True)
+class RoundSetup:
+    """What every party derives alike for a round: the graph, threshold, modulus, quorum."""
+
+    clients: list[str]
+    graph: dict[str, list[str]]
+    threshold: int
+    k: int
+    quorum: int
+    context: bytes
+    how: str
+
+
+def round_setup(cfg: FedAvgParams, clients: list[str], session: str, rnd: int) -> RoundSetup:
+    context = f"{session}/{rnd}".encode()
+    try:
+        choice = secagg.choose_graph(len(clients), cfg.dropout, cfg.corrupt)
+        k = quantizer(cfg).modulus_bits(len(clients))
+    except secagg.SecAggError as e:
+        raise ParameterError(f"{NAME}: {e}") from None
+    graph = secagg.neighbours(clients, choice.degree, hashlib.sha256(b"graph|" + context).digest())
+    return RoundSetup(clients, graph, choice.threshold, k,
+                      secagg.consistency_quorum(len(clients), cfg.corrupt), context, choice.how)
+
+
+def quantizer(cfg: FedAvgParams) -> secagg.Quantizer:
+    return secagg.Quantizer(cfg.clip, cfg.bits, cfg.max_weight)
+
+
+def survivors_digest(context: bytes, survivors: list[str], dropped: list[str]) -> str:
+    body = b"|".join([context, ",".join(survivors).encode(), ",".join(dropped).encode()])
+    return hashlib.sha256(b"confidant/secagg/survivors/v1|" + body).hexdigest()
+
+
+def initial_model(cfg: FedAvgParams, features: int, classes: int):
+    return public_mlp(cfg.model, features, classes, cfg.hidden, cfg.seed)
+
+
+# --------------------------------------------------------------------------- client
+
+async def _secure_round(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSetup, server: str,
+                        x: np.ndarray) -> dict:
+    """Steps 1-5 of one secure round for this client; returns what it saw."""
+    ch, me = ctx.channel, ctx.me
+    mine = setup.graph[me]
+    t = setup.threshold
+    key = secagg.new_key()
+    pk = secagg.public_bytes(key)
+    # 1. keys to the neighbours and the server
+    for v in mine:
+        await ch.send(v, f"{NAME}.keys", {"context": setup.context, "pk": pk})
+    await ch.send(server, f"{NAME}.keys", {"context": setup.context, "pk": pk})
+    # 2. shares of b and of the mask key, one per neighbour (index = position in my list)
+    b = randomness.token_bytes(secagg.SEED_BYTES)
+    b_shares = shamir.share(b, len(mine), t)
+    s_shares = shamir.share(secagg.private_bytes(key), len(mine), t)
+    for i, v in enumerate(mine):
+        await ch.send(v, f"{NAME}.shares", {"context": setup.context, "b": b_shares[i].to_dict(),
+                                             "s": s_shares[i].to_dict()})
+    keys, held = {}, {}        # neighbour -> its public key, the shares it gave me
+    for v in mine:
+        try:
+            got = await ch.recv(v, f"{NAME}.keys", cfg.timeout)
+            shares = await ch.recv(v, f"{NAME}.shares", cfg.timeout)
+        except ChannelError:
+            continue           # it dropped before masking: no mask toward it
+        if got.get("context") != setup.context or shares.get("context") != setup.context:
+            raise PeerMisbehaved(v, "sent keys or shares of another round")
+        keys[v], held[v] = bytes(got["pk"]), shares
+    # 3. the masked input
+    pairs = {v: (secagg.pair_seed(key, keys[v], setup.context, me, v), secagg.pair_sign(me, v))
+             for v in keys}
+    y = secagg.masked_input(x, setup.k, b, pairs)
+    await ch.send(server, f"{NAME}.masked", {"context": setup.context, "y": y, "masked_with": sorted(keys)})
+    # 4. the survivor list, confirmed by a quorum of the round's clients
+    listed = await ch.recv(server, f"{NAME}.survivors", cfg.timeout)
+    survivors, dropped = list(listed["survivors"]), list(listed["dropped"])
+    if set(survivors) & set(dropped):
+        raise PeerMisbehaved(server, f"listed {sorted(set(survivors) & set(dropped))} as both "
+                                     "surviving and dropped")
+    if me not in survivors or not set(survivors) | set(dropped) <= set(setup.clients):
+        raise PeerMisbehaved(server, "sent a survivor list that leaves me out or names strangers")
+    digest = survivors_digest(setup.context, sorted(survivors), sorted(dropped))
+    for v in survivors:
+        if v != me:
+            await ch.send(v, f"{NAME}.confirm", {"digest": digest})
+    agreeing = 1
+    for v in survivors:
+        if v == me:
+            continue
+        try:
+            theirs = await ch.recv(v, f"{NAME}.confirm", cfg.timeout)
+        except ChannelError:
+            continue           # dropped during the check: its vote is missing, not against
+        if theirs.get("digest") != digest:
+            raise ProtocolError(f"client '{v}' was given a different survivor list than I was: "
+                                "the server is inconsistent; refusing to unmask")
+        agreeing += 1
+    if agreeing < setup.quorum:
+        raise AggregationFailed(f"only {agreeing} of {len(setup.clients)} clients confirmed the "
+                                f"survivor list; {setup.quorum} needed")
+    # 5. one kind of share per neighbour, never both: the lists are disjoint (checked) and
+    # this is the round's only unmask message
+    out: dict[str, dict] = {"b": {}, "s": {}}
+    for v, shares in held.items():
+        if v in survivors:
+            out["b"][v] = shares["b"]
+        elif v in dropped:
+            out["s"][v] = shares["s"]
+    await ch.send(server, f"{NAME}.unmask", {"context": setup.context, **out})
+    return {"neighbours": len(mine), "masked_with": len(keys), "survivors": len(survivors)}
+
+
+async def client(ctx: RoleContext) -> RoleResult:
+    cfg = FedAvgParams.from_dict(ctx.params)
+    clients = ctx.with_role("client")
+    server = ctx.one_with_role("server")
+    index = clients.index(ctx.me)
+    chatty = index == 0
+    try:
+        x, y, x_test, y_test, classes = federated_shard(cfg.dataset, len(clients), index,
+                                                        split=cfg.split, seed=cfg.data_seed, alpha=cfg.alpha)
+    except DatasetError as e:
+        raise ParameterError(f"{NAME}: {e}") from None
+    if len(y) > cfg.max_weight:
+        raise ParameterError(f"{NAME}: client '{ctx.me}' has {len(y)} samples, more than max_weight "
+                             f"{cfg.max_weight}; raise max_weight")
+    model = initial_model(cfg, x.shape[1], classes)
+    q = quantizer(cfg)
+    rng = randomness.generator()     # stochastic rounding: OS-seeded
+    ch = ctx.channel
+    rounds = []
+    alive = list(clients)      # the round's clients: all at first, then those in the last sum
+    for r in range(cfg.rounds):
+        t0 = time.perf_counter()
+        w0 = get_flat(model)
+        train(model, x, y, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch, optimizer="sgd",
+              seed=round_seed(cfg.seed, index, r))
+        change = get_flat(model).astype(np.float64) - w0.astype(np.float64)
+        if cfg.secagg:
+            setup = round_setup(cfg, alive, ch.session, r)
+            seen = await _secure_round(ctx, cfg, setup, server, q.encode(change, len(y), rng))
+        else:
+            await ch.send(server, f"{NAME}.update", {"round": r, "change": change.astype(np.float32),
+                                                     "weight": len(y)})
+            seen = {}
+        reply = await ch.recv(server, f"{NAME}.model", cfg.timeout)
+        if reply.get("round") != r:
+            raise PeerMisbehaved(server, f"sent the model of round {reply.get('round')}, expected {r}")
+        if "error" in reply:
+            raise AggregationFailed(f"round {r + 1}: {reply['error']}")
+        alive = list(reply["clients"])
+        if ctx.me not in alive:
+            raise ProtocolError(f"round {r + 1}: the server left me out of the sum (too slow?)")
+        mean = np.asarray(reply["mean"], dtype=np.float64)
+        set_flat(model, (w0.astype(np.float64) + mean).astype(np.float32))
+        acc, loss = evaluate(model, x_test, y_test)
+        rounds.append({"round": r + 1, "accuracy": round(acc, 4), "loss": round(loss, 4),
+                       "clients_in_sum": len(alive), **seen,
+                       "seconds": round(time.perf_counter() - t0, 4)})
+        ctx.partial["rounds"] = rounds
+        if chatty:
+            ctx.progress(f"round {r + 1}/{cfg.rounds}: test accuracy {acc:.3f} "
+                         f"({len(alive)} clients in the sum)")
+    return RoleResult({"role": "client", "secagg": cfg.secagg, "samples": len(y),
+                       "final_accuracy": rounds[-1]["accuracy"], "rounds": rounds,
+                       "config": cfg.to_dict()},
+                      private={"fedavg_model": get_flat(model)})
+
+
+# --------------------------------------------------------------------------- server
+
+async def _gather(ctx: RoleContext, names: list[str], kind: str, timeout: float) -> dict[str, dict]:
+    """Each named client's message of ``kind``; clients that dropped are left out."""
+    got = {}
+    for name in names:
+        try:
+            got[name] = await ctx.channel.recv(name, f"{NAME}.{kind}", timeout)
+        except ChannelError:
+            pass
+    return got
+
+
+def _share(d: dict) -> shamir.Share:
+    return shamir.Share.from_dict(d)
+
+
+async def _aggregate_secure(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSetup, dim: int
+                            ) -> tuple[np.ndarray, list[str], dict]:
+    """Steps 1-5 on the server's side: the exact sum of the survivors' inputs."""
+    stages: dict[str, float] = {}
+    t0 = time.perf_counter()
+    keys = await _gather(ctx, setup.clients, "keys", cfg.timeout)
+    masked = await _gather(ctx, list(keys), "masked", cfg.timeout)
+    stages["masked_inputs"] = round(time.perf_counter() - t0, 4)
+    survivors = sorted(masked)
+    dropped = sorted(set(setup.clients) - set(survivors))
+    if len(survivors) < setup.quorum:
+        raise AggregationFailed(f"only {len(survivors)} of {len(setup.clients)} clients sent masked "
+                                f"inputs ({setup.quorum} needed); missing: {dropped}")
+    for name in survivors:
+        await ctx.channel.send(name, f"{NAME}.survivors", {"survivors": survivors, "dropped": dropped})
+    t1 = time.perf_counter()
+    shares = await _gather(ctx, survivors, "unmask", cfg.timeout)
+    stages["unmasking"] = round(time.perf_counter() - t1, 4)
+    one_sided = [(u, v) for u in survivors for v in masked[u]["masked_with"]
+                 if v in masked and u not in masked[v]["masked_with"]]
+    if one_sided:   # u masked toward v but not v toward u: that mask would not cancel
+        raise AggregationFailed(f"pairs masked on one side only (a key or share message was lost): "
+                                f"{one_sided}")
+    total = np.zeros(dim + 1, dtype=np.uint64)
+    for name in survivors:
+        y = np.asarray(masked[name]["y"], dtype=np.uint64)
+        if y.shape != (dim + 1,):
+            raise PeerMisbehaved(name, f"sent a masked input of shape {y.shape}, expected ({dim + 1},)")
+        total = (total + y) & secagg.modulus_mask(setup.k)
+    self_seeds, dropped_pairs, missing = [], [], []
+    for v in survivors:            # its self mask, from the b shares its neighbours released
+        got = [_share(s["b"][v]) for s in shares.values() if v in s.get("b", {})]
+        if len(got) < setup.threshold:
+            missing.append(v)
+            continue
+        self_seeds.append(shamir.reconstruct(got))
+    for v in dropped:              # masks survivors added toward it, from its mask key
+        toward = [u for u in survivors if v in masked[u]["masked_with"]]
+        if not toward:
+            continue
+        got = [_share(s["s"][v]) for s in shares.values() if v in s.get("s", {})]
+        if len(got) < setup.threshold or v not in keys:
+            missing.append(v)
+            continue
+        sk = shamir.reconstruct(got)
+        for u in toward:
+            seed = secagg.pair_seed(sk, bytes(keys[u]["pk"]), setup.context, u, v)
+            dropped_pairs.append((seed, secagg.pair_sign(u, v)))
+    if missing:
+        raise AggregationFailed(f"fewer than t = {setup.threshold} shares reached the server for "
+                                f"{missing}; clients missing from the unmasking: "
+                                f"{sorted(set(survivors) - set(shares))}")
+    stages["seconds"] = round(time.perf_counter() - t0, 4)
+    return secagg.unmask(total, setup.k, self_seeds, dropped_pairs), survivors, stages
+
+
+async def server(ctx: RoleContext) -> RoleResult:
+    cfg = FedAvgParams.from_dict(ctx.params)
+    clients = ctx.with_role("client")
+    try:
+        data = load_table(cfg.dataset, seed=cfg.data_seed)
+    except DatasetError as e:
+        raise ParameterError(f"{NAME}: {e}") from None
+    dim = get_flat(initial_model(cfg, data.x_train.shape[1], data.num_classes)).size
+    q = quantizer(cfg)
+    alive = list(clients)
+    stats = []
+    for r in range(cfg.rounds):
+        t0 = time.perf_counter()
+        if cfg.secagg:
+            setup = round_setup(cfg, alive, ctx.channel.session, r)
+            if r == 0:
+                ctx.progress(f"SecAgg+: {len(alive)} clients, degree {len(setup.graph[alive[0]])}, "
+                             f"threshold {setup.threshold}, modulus 2^{setup.k}, quorum {setup.quorum} "
+                             f"({setup.how})")
+            try:
+                total, in_sum, stages = await _aggregate_secure(ctx, cfg, setup, dim)
+            except AggregationFailed as e:
+                for name in alive:
+                    try:
+                        await ctx.channel.send(name, f"{NAME}.model", {"round": r, "error": str(e)})
+                    except ChannelError:
+                        pass
+                raise
+            mean, weight = q.decode_sum(total)
+        else:
+            got = await _gather(ctx, alive, "update", cfg.timeout)
+            in_sum = sorted(got)
+            if not in_sum:
+                raise AggregationFailed(f"round {r + 1}: no client sent an update")
+            weights = np.array([g["weight"] for g in got.values()], dtype=np.float64)
+            changes = np.stack([np.asarray(g["change"], dtype=np.float64) for g in got.values()])
+            mean, weight = (weights[:, None] * changes).sum(0) / weights.sum(), int(weights.sum())
+            stages = {}
+        dropped = sorted(set(alive) - set(in_sum))
+        alive = in_sum
+        for name in alive:
+            await ctx.channel.send(name, f"{NAME}.model", {"round": r, "mean": mean.astype(np.float64),
+                                                          "clients": alive})
+        stats.append({"round": r + 1, "clients": len(alive), "dropped": dropped, "weight": weight,
+                      **stages, "seconds": round(time.perf_counter() - t0, 4)})
+        ctx.progress(f"round {r + 1}/{cfg.rounds}: averaged {len(alive)} clients"
+                     + (f" (dropped: {', '.join(dropped)})" if dropped else ""))
+    return RoleResult({"role": "server", "secagg": cfg.secagg, "rounds": stats,
+                       "bytes_model": len(wire.encode(np.zeros(dim)))})
+
+
+ROLES = {"client": client, "server": server}
