@@ -26,6 +26,7 @@ BUILT_IN: dict[str, str] = {
     "capc": "protocols.capc",
     "hcfl": "protocols.hashcomb_fl",
     "dssgd": "protocols.dssgd",
+    "fedavg": "protocols.fedavg",
 }
 ENV = "CONFIDANT_PROTOCOLS"
 
