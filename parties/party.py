@@ -26,6 +26,7 @@ from typing import Any
 from mpc import wire
 from mpc.channel import ChannelError, Conformance
 
+from .crash_drill import CrashingChannel, CrashPlan
 from .identity import Deployment, DeploymentError, PrivateKeys
 from .mqtt_channel import MqttChannel
 from .resources import open_resources
@@ -68,7 +69,8 @@ def _write_json(path: Path, obj: dict) -> None:
 async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, session: str,
                     params: dict[str, Any], workdir: Path, peer_timeout: float = 60.0,
                     ledger_path: Path | None = None, insecure: list[str] | None = None,
-                    client_cert: tuple[str, str] | None = None) -> dict:
+                    client_cert: tuple[str, str] | None = None,
+                    crash: CrashPlan | None = None) -> dict:
     """Connect, run this party's role of ``protocol``, and report. Returns the result record."""
     import protocols
     from protocols import RoleContext
@@ -110,7 +112,8 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
                     if recorded is not None:
                         ledger.check_head(*recorded, where=f"{name}'s transcript")
                     stack.callback(lambda: transcript.record_ledger(*ledger.head))
-                ctx = RoleContext(channel, roles, params, state, progress, resources)
+                ctx = RoleContext(CrashingChannel(channel, crash) if crash else channel, roles,
+                                  params, state, progress, resources)
                 result = await role_fn(ctx)
             record.update(ok=True, result=result.public)
             if result.private:
@@ -191,6 +194,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for every peer to come online")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads for this process (default 1: parties share cores)")
+    parser.add_argument("--crash-before", metavar="KIND:N",
+                        help="crash drill: SIGKILL this process instead of sending its N-th "
+                             "message of KIND (e.g. fedavg.masked:2), as a real crash would")
     parser.add_argument("--log-level", default="WARNING")
 
 
@@ -226,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("parameters must be a JSON object")
         protocols.role_function(args.protocol, deployment.role_of(args.name))
         client_cert = _client_cert(args.tls_cert, args.tls_key, deployment)
+        crash = CrashPlan.parse(args.crash_before) if args.crash_before else None
         typed = protocols.check_params(args.protocol, params)  # bad parameters fail before connecting
         insecure = typed.insecure()
         if insecure and not args.allow_insecure:
@@ -246,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         record = asyncio.run(run_party(deployment, keys, args.protocol, args.session, params,
                                        workdir, args.peer_timeout,
                                        Path(args.ledger) if args.ledger else None,
-                                       insecure=insecure, client_cert=client_cert))
+                                       insecure=insecure, client_cert=client_cert, crash=crash))
     except ChannelError as e:
         print(f"confidant party {args.name}: {e}", file=sys.stderr)
         return EXIT_FAILED

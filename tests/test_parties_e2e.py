@@ -43,7 +43,7 @@ class Session:
 
     def __init__(self, run_dir: Path, protocol: str, params: dict, names: list[str], *,
                  session: str | None = None, workdirs: dict[str, Path] | None = None,
-                 command: list[str] | None = None):
+                 command: list[str] | None = None, extra: dict[str, list[str]] | None = None):
         self.run_dir, self.protocol, self.names = run_dir, protocol, names
         self.session = session or secrets.token_hex(8)
         self.workdirs = workdirs or dict.fromkeys(names, run_dir)
@@ -60,7 +60,7 @@ class Session:
                 [*(command or [PY, "-m", "parties.party"]), "--deployment", str(wd / "deployment.toml"),
                  "--name", name, "--key", str(key), "--protocol", protocol,
                  "--session", self.session, "--params", json.dumps(params),
-                 "--workdir", str(wd), "--peer-timeout", "60", *tls],
+                 "--workdir", str(wd), "--peer-timeout", "60", *tls, *(extra or {}).get(name, [])],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             out.close()
 

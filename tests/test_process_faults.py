@@ -7,7 +7,6 @@ audit names it. (CaPC: tests/test_capc_faults.py.)"""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from dataclasses import asdict
@@ -64,7 +63,7 @@ def test_argmax2pc_party_killed_inside_the_2pc(tmp_path, victim):
     _everyone_names(session, victim)
 
 
-# -- Hash-Comb setup and recovery: crashes injected at an exact message (tests/crashing.py) --
+# -- Hash-Comb setup and recovery: crashes at an exact message (confidant party --crash-before) --
 
 SETUP_CRASHES = {  # victim dies instead of sending this message
     "owner-during-shares": ("owner2", "hcsetup.share", 2),
@@ -74,10 +73,8 @@ SETUP_CRASHES = {  # victim dies instead of sending this message
 NO_TIMEOUT = 600  # the protocol's own timeout: far beyond the wait, so only death detection ends it
 
 
-def _crashing(monkeypatch, protocol: str, victim: str, kind: str, n: int) -> None:
-    monkeypatch.setenv("CONFIDANT_PROTOCOLS", f"{os.environ.get('CONFIDANT_PROTOCOLS', '')},"
-                                              f"{protocol}=tests.crashing_{protocol}")
-    monkeypatch.setenv("CONFIDANT_TEST_CRASH", f"{victim}:{kind}:{n}")
+def _crash(victim: str, kind: str, n: int) -> dict[str, list[str]]:
+    return {victim: ["--crash-before", f"{kind}:{n}"]}
 
 
 def _audit_names(run_dir: Path, victim: str) -> None:
@@ -86,12 +83,12 @@ def _audit_names(run_dir: Path, victim: str) -> None:
 
 
 @pytest.mark.parametrize("case", SETUP_CRASHES)
-def test_hcsetup_party_crashes_mid_protocol(broker_factory, monkeypatch, case):
+def test_hcsetup_party_crashes_mid_protocol(broker_factory, case):
     victim, kind, n = SETUP_CRASHES[case]
-    _crashing(monkeypatch, "hcsetup", victim, kind, n)
     b = broker_factory("amqtt", owners(4))
     names = list(b.deployment.parties)
-    results = Session(b.run_dir, "hcsetup", {"levels": 6, "timeout": NO_TIMEOUT}, names).wait(45)
+    results = Session(b.run_dir, "hcsetup", {"levels": 6, "timeout": NO_TIMEOUT}, names,
+                      extra=_crash(victim, kind, n)).wait(45)
     assert results[victim]["exit"] == -signal.SIGKILL
     finished = {n for n, r in results.items() if r["ok"]}
     # only an owner that had its 'agreed' before the aggregator died finishes
@@ -103,7 +100,7 @@ def test_hcsetup_party_crashes_mid_protocol(broker_factory, monkeypatch, case):
 
 
 @pytest.mark.parametrize("threshold", [2, 3])
-def test_hcrecover_helper_crashes(broker_factory, monkeypatch, threshold):
+def test_hcrecover_helper_crashes(broker_factory, threshold):
     """owner3 dies instead of handing owner2 its share: with t = 2 the two other shares
     recover the secret; with t = 3 they cannot, and owner2's error names owner3."""
     b = broker_factory("amqtt", owners(4))
@@ -111,9 +108,8 @@ def test_hcrecover_helper_crashes(broker_factory, monkeypatch, threshold):
     kc = check_hcsetup(run_ok(b.run_dir, "hcsetup", {"levels": 6, "threshold": threshold}, names),
                        dict.fromkeys(names, b.run_dir))
     (b.run_dir / "state" / "owner2.state").unlink()
-    _crashing(monkeypatch, "hcrecover", "owner3", "hcrecover.share", 1)
     results = Session(b.run_dir, "hcrecover", {"recovering": "owner2", "timeout": NO_TIMEOUT},
-                      names).wait(45)
+                      names, extra=_crash("owner3", "hcrecover.share", 1)).wait(45)
     assert results["owner3"]["exit"] == -signal.SIGKILL
     assert all(results[n]["ok"] for n in ("owner1", "owner4", "aggregator")), results
     owner2 = results["owner2"]
