@@ -4,6 +4,7 @@
     python run_parties.py hashcomb-setup --owners 5
     python run_parties.py argmax2pc --batch 4 --classes 10
     python run_parties.py dssgd --parties 10 --rounds 30 --theta-u 0.1
+    python run_parties.py fedavg --clients 10 --rounds 20 --dropout 0.2
     python run_parties.py demo                   # what `make demo` runs
 
 Each run lives in runs/<timestamp>/ (deployment, keys, transcripts, results,
@@ -50,6 +51,7 @@ class Scenario:
     keep_keys: dict[str, Path] = field(default_factory=dict)         # identities kept across runs
     ledgers: dict[str, Path] = field(default_factory=dict)           # for the audit
     report: Callable[[Path, dict], None] | None = None                # after the session: plots
+    drills: dict[str, str] = field(default_factory=dict)   # party -> KIND:N of its planned crash
 
 
 # name -> (help, add_arguments(parser), build(args) -> list[Scenario]); one block per scenario
@@ -312,6 +314,109 @@ def dssgd(args: argparse.Namespace) -> list[Scenario]:
     return [Scenario("dssgd", names + [("server", "server")], params, report=report)]
 
 
+def _fedavg_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clients", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine"])
+    p.add_argument("--split", default="iid", choices=["iid", "noniid"])
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet skew of --split noniid")
+    p.add_argument("--no-secagg", action="store_true", help="plain FedAvg only")
+    p.add_argument("--no-baseline", action="store_true", help="skip the plain FedAvg session")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="crash this fraction of the clients, each at a random stage of a random round")
+    p.add_argument("--tolerate", type=float, default=None,
+                   help="dropout fraction per round SecAgg+ is sized for (default: max(0.1, --dropout))")
+    p.add_argument("--corrupt", type=float, default=0.1,
+                   help="fraction of clients that may collude with the server")
+    p.add_argument("--clip", type=float, default=0.5, help="update coordinates clipped to +-clip")
+    p.add_argument("--bits", type=int, default=16, help="quantization bits per coordinate")
+    p.add_argument("--model", default="mlp", choices=["mlp", "logreg"])
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=1, help="local epochs per round")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="model init, shuffling and data split")
+
+
+# SecAgg+ stages a client can crash at (messages per round: see _crash_plan)
+FEDAVG_STAGES = ("shares", "keys", "masked", "confirm", "unmask")
+
+
+def _crash_plans(clients: list[str], fraction: float, rounds: int, tolerate: float, corrupt: float
+                 ) -> dict[str, tuple[str, int, int]]:
+    """Victim -> (stage, round, N): it dies instead of sending its N-th message of that stage.
+    N is counted from how many messages of the stage each round takes, given who dropped
+    before (a complete graph below ~40 clients; a sparse graph's degree is its average)."""
+    from mpc import randomness, secagg
+
+    rng = randomness.generator()
+    victims = rng.choice(clients, size=round(fraction * len(clients)), replace=False)
+    when = {str(v): (FEDAVG_STAGES[rng.integers(len(FEDAVG_STAGES))], int(rng.integers(1, rounds + 1)))
+            for v in victims}
+    plans, sent = {}, dict.fromkeys(FEDAVG_STAGES, 0)   # messages of each stage per client so far
+    alive = len(clients)
+    for r in range(1, rounds + 1):
+        try:
+            degree = secagg.choose_graph(alive, tolerate, corrupt).degree
+        except secagg.SecAggError:   # too few left: that round fails, as it should
+            degree = alive - 1
+        early = sum(1 for st, rr in when.values() if rr == r and st in ("shares", "keys", "masked"))
+        per_round = {"keys": degree + 1, "shares": degree, "masked": 1,
+                     "confirm": alive - early - 1, "unmask": 1}
+        for v, (stage, rr) in sorted(when.items()):
+            if rr == r:
+                plans[v] = (stage, r, sent[stage] + int(rng.integers(1, max(1, per_round[stage]) + 1)))
+        sent = {st: sent[st] + per_round[st] for st in FEDAVG_STAGES}
+        alive -= sum(1 for _, rr in when.values() if rr == r)
+    return plans
+
+
+@scenario("fedavg", "federated averaging with SecAgg+ secure aggregation, beside plain FedAvg",
+          _fedavg_args)
+def fedavg(args: argparse.Namespace) -> list[Scenario]:
+    from mpc import secagg
+    from parties.reports import fedavg_report
+
+    if args.clients < 3:
+        raise SystemExit("fedavg needs at least 3 clients")
+    if not 0 <= args.dropout < 0.5:
+        raise SystemExit("--dropout must be a fraction in [0, 0.5)")
+    tolerate = max(0.1, args.dropout) if args.tolerate is None else args.tolerate
+    params = {"dataset": args.dataset, "split": args.split, "alpha": args.alpha, "rounds": args.rounds,
+              "dropout": tolerate, "corrupt": args.corrupt, "clip": args.clip, "bits": args.bits,
+              "model": args.model, "hidden": args.hidden, "epochs": args.epochs, "lr": args.lr,
+              "batch": args.batch, "seed": args.seed, "data_seed": args.seed}
+    kinds = ([] if args.no_secagg else [True]) + ([] if args.no_baseline and not args.no_secagg else [False])
+    clients = [f"client{i:02d}" for i in range(1, args.clients + 1)]
+    parties = [(c, "client") for c in clients] + [("server", "server")]
+    plans = {}
+    if args.dropout:
+        try:
+            secagg.choose_graph(args.clients, tolerate, args.corrupt)
+        except secagg.SecAggError as e:
+            raise SystemExit(f"fedavg: {e}") from None
+        plans = _crash_plans(clients, args.dropout, args.rounds, tolerate, args.corrupt)
+        console.print("crash drill: " + ", ".join(f"{v} at '{stage}' in round {r}"
+                                                  for v, (stage, r, _) in plans.items()))
+    done: list[dict] = []
+
+    def report(run_dir: Path, session: dict) -> None:
+        done.append(session)
+        if len(done) == len(kinds):
+            fedavg_report(run_dir, dict(zip(["secagg" if k else "plain" for k in kinds], done, strict=True)))
+
+    def drills(secure: bool) -> dict[str, str]:
+        if secure:
+            return {v: f"fedavg.{stage}:{n}" for v, (stage, _, n) in plans.items()}
+        # plain FedAvg: the same clients leave the same sums (one that dies after its masked
+        # input is still in that round's sum)
+        late = {v: r + (stage in ("confirm", "unmask")) for v, (stage, r, _) in plans.items()}
+        return {v: f"fedavg.update:{r}" for v, r in late.items() if r <= args.rounds}
+
+    return [Scenario("fedavg", parties, {**params, "secagg": k}, same_run_dir=i > 0, report=report,
+                     drills=drills(k)) for i, k in enumerate(kinds)]
+
+
 # CaPC is for a data-poor querying party: the demo's QP keeps 50 labelled points and buys
 # 100 labels. Four answering parties give PATE little privacy per query (data-independent
 # accounting): the demo raises the guardian's budget deliberately and prints what was spent.
@@ -375,6 +480,7 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
                 "--protocol", scenario.protocol, "--session", session,
                 "--params", f"@{params_file}", "--workdir", str(run_dir),
                 *scenario.extra_args.get(name, []),
+                *(["--crash-before", scenario.drills[name]] if name in scenario.drills else []),
                 # the user of this one-machine simulation asked for these parameters
                 *(["--allow-insecure"] if insecure else []),
                 stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True)
@@ -394,11 +500,24 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
     records = {}
     for name, _ in scenario.parties:
         path = run_dir / "results" / f"{name}.json"
+        code = procs[name].returncode
         records[name] = (json.loads(path.read_text()) if path.exists() else
-                         {"party": name, "ok": False, "error": f"exited with code {procs[name].returncode} "
-                          f"and no result; see logs/{name}.log"})
+                         {"party": name, "ok": False, "error": (
+                             f"crashed as planned (crash drill: before {scenario.drills[name]})"
+                             if name in scenario.drills and code == -signal.SIGKILL else
+                             f"exited with code {code} and no result; see logs/{name}.log")})
     return {"protocol": scenario.protocol, "session": session, "deployment": deployment.name,
             "parties": records}
+
+
+def _only_drills(errors: list, victims: set[str]) -> bool:
+    """The audit's errors are what planned crashes leave: the victims' unsealed transcripts
+    and messages to them never received."""
+    return bool(victims) and all(
+        (e.code == "unsealed" and e.party in victims)
+        or (e.code == "undelivered" and any(f"{v} did not finish" in e.message
+                                            for v in victims))
+        for e in errors)
 
 
 def _stop_all(procs: dict[str, asyncio.subprocess.Process]) -> None:
@@ -477,10 +596,13 @@ async def main_async(args: argparse.Namespace, scenarios: list[Scenario]) -> int
             dir_sessions.append(session)
             summary = session if len(dir_sessions) == 1 else {"sessions": dir_sessions}
             (run_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-            all_ok = all(r.get("ok") for r in session["parties"].values())
+            all_ok = all(r.get("ok") for n, r in session["parties"].items() if n not in scenario.drills)
+            audit_ok = report.ok or _only_drills(report.errors, set(scenario.drills))
             console.print(f"audit: {'[green]clean[/]' if report.ok else f'[red]{len(report.errors)} problem(s)[/]'}"
+                          + (f", all from the planned crashes of {', '.join(scenario.drills)}"
+                             if audit_ok and not report.ok else "")
                           + ("" if report.ok else f" (confidant audit {run_dir})"))
-            ok = ok and all_ok and report.ok
+            ok = ok and all_ok and audit_ok
     finally:
         if broker:
             broker.close()

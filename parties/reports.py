@@ -168,3 +168,96 @@ def dssgd_report(run_dir: Path, session: dict, centralized: float | None = None)
     plt.close(fig)
     console.print(f"plot: {run_dir / 'dssgd.png'}")
     return s
+
+
+def _fedavg_curve(session: dict) -> dict | None:
+    """One session's rounds: the server's (who was in each sum, stage seconds) beside a
+    finished client's accuracy (every client holds the same model), and client means."""
+    from statistics import mean
+
+    recs = session["parties"]
+    server = (recs.get("server") or {}).get("result")
+    done = [rec["result"] for rec in recs.values()
+            if rec.get("ok") and (rec.get("result") or {}).get("role") == "client"]
+    if server is None or not done:
+        return None
+    client_stages = [r.get("stages", {}) for d in done for r in d["rounds"]]
+    return {"accuracy": [r["accuracy"] for r in done[0]["rounds"]], "server": server["rounds"],
+            "train_seconds": mean(r["train_seconds"] for d in done for r in d["rounds"]),
+            "client_stages": {k: mean(s[k] for s in client_stages) for k in client_stages[0]},
+            "bytes_per_round": mean(recs[d_name]["transport"]["sent_bytes"] / len(recs[d_name]["result"]["rounds"])
+                                    for d_name, rec in recs.items() if rec.get("ok")
+                                    and rec["result"].get("role") == "client"),
+            "model_bytes": server["bytes_model"], "config": done[0]["config"]}
+
+
+def fedavg_report(run_dir: Path, sessions: dict[str, dict]) -> dict | None:
+    """SecAgg+ beside plain FedAvg: accuracy per round, who dropped, bytes, seconds per stage;
+    and the plot."""
+    from statistics import mean
+
+    curves = {kind: _fedavg_curve(s) for kind, s in sessions.items()}
+    for kind, c in curves.items():
+        if c is None:
+            console.print(f"[red]{kind}: the server or every client failed; no results[/]")
+    curves = {k: c for k, c in curves.items() if c is not None}
+    if not curves:
+        return None
+    names = {"secagg": "SecAgg+", "plain": "plain FedAvg"}
+    cfg = next(iter(curves.values()))["config"]
+    table = Table(title=f"fedavg: {cfg['dataset']}, {cfg['split']}, test accuracy per round "
+                        "(common held-out set)")
+    table.add_column("round", justify="right")
+    for k in curves:
+        table.add_column(f"{names[k]} accuracy", justify="right")
+        table.add_column(f"{names[k]} clients in sum", justify="right")
+    for k in curves:
+        table.add_column(f"{names[k]} dropped", justify="left")
+    for i in range(max(len(c["server"]) for c in curves.values())):
+        row = [str(i + 1)]
+        for c in curves.values():
+            ok = i < len(c["accuracy"])
+            row += [f"{c['accuracy'][i]:.4f}" if ok else "", str(c["server"][i]["clients"]) if ok else ""]
+        row += [", ".join(c["server"][i]["dropped"]) if i < len(c["server"]) else "" for c in curves.values()]
+        table.add_row(*row)
+    console.print(table)
+    stage_table = Table(title="seconds per round and stage (means over rounds; clients: mean over clients)")
+    for col in ("run", "party", "stage", "seconds"):
+        stage_table.add_column(col, justify="left" if col != "seconds" else "right")
+    for k, c in curves.items():
+        stage_table.add_row(names[k], "client", "local training", f"{c['train_seconds']:.4f}")
+        for stage, sec in c["client_stages"].items():
+            stage_table.add_row(names[k], "client", stage.replace("_", " "), f"{sec:.4f}")
+        rounds = c["server"]
+        for stage in (rounds[0].get("stages") or {}):
+            stage_table.add_row(names[k], "server", stage.replace("_", " "),
+                                f"{mean(r['stages'][stage] for r in rounds if stage in r['stages']):.4f}")
+        stage_table.add_row(names[k], "server", "whole round", f"{mean(r['seconds'] for r in rounds):.4f}")
+    console.print(stage_table)
+    for k, c in curves.items():
+        console.print(f"{names[k]}: final accuracy {c['accuracy'][-1]:.4f}; each client sent "
+                      f"{c['bytes_per_round']:,.0f} B per round (all messages, envelopes included; "
+                      f"the float64 model the server returns is {c['model_bytes']:,} B)")
+    if len(curves) == 2:
+        gap = max(abs(a - b) for a, b in zip(curves["secagg"]["accuracy"], curves["plain"]["accuracy"], strict=False))
+        console.print(f"largest per-round accuracy gap SecAgg+ - plain: {gap:.4f} "
+                      f"(quantization: {cfg['bits']} bits over +-{cfg['clip']:g})")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    style = {"plain": {"lw": 4, "alpha": 0.45}, "secagg": {"ls": "--", "marker": "o", "ms": 3}}
+    for k in sorted(curves, reverse=True):   # the baseline underneath
+        acc = curves[k]["accuracy"]
+        ax.plot(range(1, len(acc) + 1), acc, **style[k], label=f"{names[k]} (final {acc[-1]:.3f})")
+    ax.set(xlabel="round", ylabel="test accuracy", title=f"FedAvg {cfg['dataset']} {cfg['split']}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(run_dir / "fedavg.png", dpi=110)
+    plt.close(fig)
+    console.print(f"plot: {run_dir / 'fedavg.png'}")
+    return {k: {"accuracy": c["accuracy"], "bytes_per_round": c["bytes_per_round"]} for k, c in curves.items()}

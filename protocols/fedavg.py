@@ -7,12 +7,14 @@ weighted mean of the changes, and sends the new global model back (``model``).
 
 A secure round (the maths in :mod:`mpc.secagg`):
 
-1. ``keys``: every client makes a fresh X25519 mask key pair and sends the public key to
-   its neighbours (a public random graph of degree k, the same for everyone) and to the
-   server. Messages go client to client through the broker, signed and encrypted end to
-   end by the envelope, so the server can neither swap a key nor read a share.
-2. ``shares``: it Shamir-shares (t of k) a fresh self-mask seed b and its mask private key
-   among its neighbours.
+1. ``shares``: every client makes a fresh X25519 mask key pair and a fresh self-mask seed
+   b, and Shamir-shares (t of k) both among its neighbours (a public random graph of degree
+   k, the same for everyone). Messages go client to client through the broker, signed and
+   encrypted end to end by the envelope, so the server can neither swap a key nor read a
+   share.
+2. ``keys``: then it sends its public key to its neighbours and to the server. Shares go
+   first so that a neighbour that masks toward it (it has its key) knows every neighbour
+   was sent a share: a crash at any point leaves its masks removable.
 3. ``masked``: it sends the server y = x + PRG(b) + sum of +-PRG(s_uv) mod 2^k over the
    neighbours whose key and shares it received (listed with y), x its quantized weighted
    update.
@@ -144,44 +146,66 @@ def initial_model(cfg: FedAvgParams, features: int, classes: int):
     return public_mlp(cfg.model, features, classes, cfg.hidden, cfg.seed)
 
 
+class _Stages:
+    """Seconds spent per stage of a round, for the per-stage timing table."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = round(now - self._t, 4)
+        self._t = now
+
+
 # --------------------------------------------------------------------------- client
 
 async def _secure_round(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSetup, server: str,
                         x: np.ndarray) -> dict:
     """Steps 1-5 of one secure round for this client; returns what it saw."""
     ch, me = ctx.channel, ctx.me
+    clock = _Stages()
     mine = setup.graph[me]
     t = setup.threshold
     key = secagg.new_key()
     pk = secagg.public_bytes(key)
-    # 1. keys to the neighbours and the server
-    for v in mine:
-        await ch.send(v, f"{NAME}.keys", {"context": setup.context, "pk": pk})
-    await ch.send(server, f"{NAME}.keys", {"context": setup.context, "pk": pk})
-    # 2. shares of b and of the mask key, one per neighbour (index = position in my list)
+    # 1. shares of b and of the mask key, one per neighbour (index = position in my list),
+    # all of them before any key: a neighbour masks toward me only once it has my key, so
+    # whenever anyone masks toward me, every neighbour was sent a share and a crash of mine
+    # at any point stays recoverable (t of k). Keys first would let a crash mid-shares leave
+    # a mask toward me that fewer than t shares can remove.
     b = randomness.token_bytes(secagg.SEED_BYTES)
     b_shares = shamir.share(b, len(mine), t)
     s_shares = shamir.share(secagg.private_bytes(key), len(mine), t)
     for i, v in enumerate(mine):
         await ch.send(v, f"{NAME}.shares", {"context": setup.context, "b": b_shares[i].to_dict(),
                                              "s": s_shares[i].to_dict()})
+    # 2. keys to the neighbours and the server
+    for v in mine:
+        await ch.send(v, f"{NAME}.keys", {"context": setup.context, "pk": pk})
+    await ch.send(server, f"{NAME}.keys", {"context": setup.context, "pk": pk})
     keys, held = {}, {}        # neighbour -> its public key, the shares it gave me
     for v in mine:
         try:
+            held[v] = await ch.recv(v, f"{NAME}.shares", cfg.timeout)
             got = await ch.recv(v, f"{NAME}.keys", cfg.timeout)
-            shares = await ch.recv(v, f"{NAME}.shares", cfg.timeout)
         except ChannelError:
-            continue           # it dropped before masking: no mask toward it
-        if got.get("context") != setup.context or shares.get("context") != setup.context:
+            continue           # it dropped before masking: no mask toward it (its shares are
+                               # kept: others may have its key and mask toward it)
+        if got.get("context") != setup.context or held[v].get("context") != setup.context:
             raise PeerMisbehaved(v, "sent keys or shares of another round")
-        keys[v], held[v] = bytes(got["pk"]), shares
+        keys[v] = bytes(got["pk"])
+    clock.lap("keys_shares")
     # 3. the masked input
     pairs = {v: (secagg.pair_seed(key, keys[v], setup.context, me, v), secagg.pair_sign(me, v))
              for v in keys}
     y = secagg.masked_input(x, setup.k, b, pairs)
+    clock.lap("masking")
     await ch.send(server, f"{NAME}.masked", {"context": setup.context, "y": y, "masked_with": sorted(keys)})
     # 4. the survivor list, confirmed by a quorum of the round's clients
     listed = await ch.recv(server, f"{NAME}.survivors", cfg.timeout)
+    clock.lap("waiting_for_survivors")
     survivors, dropped = list(listed["survivors"]), list(listed["dropped"])
     if set(survivors) & set(dropped):
         raise PeerMisbehaved(server, f"listed {sorted(set(survivors) & set(dropped))} as both "
@@ -207,6 +231,7 @@ async def _secure_round(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSetup, 
     if agreeing < setup.quorum:
         raise AggregationFailed(f"only {agreeing} of {len(setup.clients)} clients confirmed the "
                                 f"survivor list; {setup.quorum} needed")
+    clock.lap("consistency")
     # 5. one kind of share per neighbour, never both: the lists are disjoint (checked) and
     # this is the round's only unmask message
     out: dict[str, dict] = {"b": {}, "s": {}}
@@ -216,7 +241,9 @@ async def _secure_round(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSetup, 
         elif v in dropped:
             out["s"][v] = shares["s"]
     await ch.send(server, f"{NAME}.unmask", {"context": setup.context, **out})
-    return {"neighbours": len(mine), "masked_with": len(keys), "survivors": len(survivors)}
+    clock.lap("unmask_shares")
+    return {"neighbours": len(mine), "masked_with": len(keys), "survivors": len(survivors),
+            "stages": clock.laps}
 
 
 async def client(ctx: RoleContext) -> RoleResult:
@@ -244,6 +271,7 @@ async def client(ctx: RoleContext) -> RoleResult:
         w0 = get_flat(model)
         train(model, x, y, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch, optimizer="sgd",
               seed=round_seed(cfg.seed, index, r))
+        train_s = time.perf_counter() - t0
         change = get_flat(model).astype(np.float64) - w0.astype(np.float64)
         if cfg.secagg:
             setup = round_setup(cfg, alive, ch.session, r)
@@ -264,7 +292,7 @@ async def client(ctx: RoleContext) -> RoleResult:
         set_flat(model, (w0.astype(np.float64) + mean).astype(np.float32))
         acc, loss = evaluate(model, x_test, y_test)
         rounds.append({"round": r + 1, "accuracy": round(acc, 4), "loss": round(loss, 4),
-                       "clients_in_sum": len(alive), **seen,
+                       "clients_in_sum": len(alive), **seen, "train_seconds": round(train_s, 4),
                        "seconds": round(time.perf_counter() - t0, 4)})
         ctx.partial["rounds"] = rounds
         if chatty:
@@ -296,11 +324,10 @@ def _share(d: dict) -> shamir.Share:
 async def _aggregate_secure(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSetup, dim: int
                             ) -> tuple[np.ndarray, list[str], dict]:
     """Steps 1-5 on the server's side: the exact sum of the survivors' inputs."""
-    stages: dict[str, float] = {}
-    t0 = time.perf_counter()
+    clock = _Stages()
     keys = await _gather(ctx, setup.clients, "keys", cfg.timeout)
     masked = await _gather(ctx, list(keys), "masked", cfg.timeout)
-    stages["masked_inputs"] = round(time.perf_counter() - t0, 4)
+    clock.lap("waiting_for_masked")   # includes the clients' local training
     survivors = sorted(masked)
     dropped = sorted(set(setup.clients) - set(survivors))
     if len(survivors) < setup.quorum:
@@ -308,9 +335,8 @@ async def _aggregate_secure(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSet
                                 f"inputs ({setup.quorum} needed); missing: {dropped}")
     for name in survivors:
         await ctx.channel.send(name, f"{NAME}.survivors", {"survivors": survivors, "dropped": dropped})
-    t1 = time.perf_counter()
     shares = await _gather(ctx, survivors, "unmask", cfg.timeout)
-    stages["unmasking"] = round(time.perf_counter() - t1, 4)
+    clock.lap("waiting_for_shares")
     one_sided = [(u, v) for u in survivors for v in masked[u]["masked_with"]
                  if v in masked and u not in masked[v]["masked_with"]]
     if one_sided:   # u masked toward v but not v toward u: that mask would not cancel
@@ -334,7 +360,7 @@ async def _aggregate_secure(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSet
         if not toward:
             continue
         got = [_share(s["s"][v]) for s in shares.values() if v in s.get("s", {})]
-        if len(got) < setup.threshold or v not in keys:
+        if len(got) < setup.threshold:
             missing.append(v)
             continue
         sk = shamir.reconstruct(got)
@@ -345,8 +371,9 @@ async def _aggregate_secure(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSet
         raise AggregationFailed(f"fewer than t = {setup.threshold} shares reached the server for "
                                 f"{missing}; clients missing from the unmasking: "
                                 f"{sorted(set(survivors) - set(shares))}")
-    stages["seconds"] = round(time.perf_counter() - t0, 4)
-    return secagg.unmask(total, setup.k, self_seeds, dropped_pairs), survivors, stages
+    total = secagg.unmask(total, setup.k, self_seeds, dropped_pairs)
+    clock.lap("unmasking")
+    return total, survivors, clock.laps
 
 
 async def server(ctx: RoleContext) -> RoleResult:
@@ -393,7 +420,7 @@ async def server(ctx: RoleContext) -> RoleResult:
             await ctx.channel.send(name, f"{NAME}.model", {"round": r, "mean": mean.astype(np.float64),
                                                           "clients": alive})
         stats.append({"round": r + 1, "clients": len(alive), "dropped": dropped, "weight": weight,
-                      **stages, "seconds": round(time.perf_counter() - t0, 4)})
+                      "stages": stages, "seconds": round(time.perf_counter() - t0, 4)})
         ctx.progress(f"round {r + 1}/{cfg.rounds}: averaged {len(alive)} clients"
                      + (f" (dropped: {', '.join(dropped)})" if dropped else ""))
     return RoleResult({"role": "server", "secagg": cfg.secagg, "rounds": stats,

@@ -1,0 +1,86 @@
+"""FedAvg with SecAgg+ between real party processes, through amqtt and Mosquitto, with a
+client crashing at each stage of a round (``confidant party --crash-before``): the round
+completes over the survivors, the model equals plain FedAvg's over the same clients
+within quantization, every survivor finishes, and the audit's only errors are the
+crashed client's. And run_parties.py fedavg with --dropout, end to end."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parties.audit import audit_run
+from tests import test_parties_e2e as e2e
+from tests.test_parties_e2e import Session, state
+
+broker_factory = e2e.broker_factory
+ROOT = Path(__file__).resolve().parents[1]
+
+CLIENTS = [f"c{i:02d}" for i in range(1, 6)]
+PARTIES = [(c, "client") for c in CLIENTS] + [("server", "server")]
+PARAMS = {"rounds": 2, "model": "logreg", "lr": 0.5, "timeout": 600}   # only death detection ends a wait
+VICTIM = "c03"
+# 5 clients: a complete graph (degree 4). Per round a client sends 4 shares, 5 keys (4 neighbours
+# and the server), 1 masked input, 4 confirmations, 1 unmask message. The victim dies
+# in round 2, part-way through the stages that go to several peers.
+STAGES = {"shares": 4 + 2, "keys": 5 + 3, "masked": 2, "confirm": 4 + 2, "unmask": 2}
+IN_ROUND_2_SUM = {"confirm", "unmask"}   # its masked input arrived: it is in the sum
+STEP = 2 * 0.5 / ((1 << 16) - 1)          # the quantizer's step at clip 0.5, 16 bits
+
+
+def _run(b, params: dict, crash: str | None) -> dict[str, dict]:
+    extra = {VICTIM: ["--crash-before", crash]} if crash else {}
+    results = Session(b.run_dir, "fedavg", {**PARAMS, **params}, [n for n, _ in PARTIES],
+                      extra=extra).wait(90)
+    for name, rec in results.items():
+        if name == VICTIM and crash:
+            assert rec["exit"] == -signal.SIGKILL, rec
+        else:
+            assert rec["ok"], (name, rec.get("error"), rec["log"][-2000:])
+    return results
+
+
+@pytest.mark.parametrize("broker,stage", [
+    *[("amqtt", s) for s in STAGES],
+    *[pytest.param("mosquitto", s, marks=pytest.mark.mosquitto) for s in ("shares", "unmask")]])
+def test_a_client_crashing_at_each_stage_is_left_out_exactly(broker_factory, broker, stage):
+    b = broker_factory(broker, PARTIES)
+    secure = _run(b, {"secagg": True}, f"fedavg.{stage}:{STAGES[stage]}")
+    models = {n: state(b.run_dir, n)["fedavg_model"] for n in CLIENTS if n != VICTIM}
+    rounds = secure["server"]["result"]["rounds"]
+    survivors = 5 if stage in IN_ROUND_2_SUM else 4
+    assert [r["clients"] for r in rounds] == [5, survivors]
+    assert rounds[1]["dropped"] == ([] if stage in IN_ROUND_2_SUM else [VICTIM])
+    report = audit_run(b.run_dir)
+    assert report.errors and all(VICTIM in json.dumps(e.__dict__) for e in report.errors), report.errors
+
+    # plain FedAvg over the same clients in each round: the same model within quantization
+    plain = _run(b, {"secagg": False}, None if stage in IN_ROUND_2_SUM else "fedavg.update:2")
+    assert [r["clients"] for r in plain["server"]["result"]["rounds"]] == [5, survivors]
+    reference = state(b.run_dir, "c01")["fedavg_model"]
+    for name, model in models.items():
+        assert np.array_equal(model, models["c01"]), name        # every survivor holds one model
+    assert np.max(np.abs(models["c01"] - reference)) < 3 * PARAMS["rounds"] * STEP
+
+
+def test_run_parties_fedavg_with_dropout(tmp_path):
+    """The user's command: SecAgg+ and the plain baseline, two of eight clients crashed at
+    random stages; exit 0, both sessions lose the same clients, the table and plot exist."""
+    cmd = [sys.executable, str(ROOT / "run_parties.py"), "--runs-dir", str(tmp_path), "--timeout", "300",
+           "fedavg", "--clients", "8", "--rounds", "3", "--model", "logreg", "--lr", "0.5",
+           "--dropout", "0.25"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    run_dir = Path(out.stdout.strip().splitlines()[-1])
+    sessions = json.loads((run_dir / "results.json").read_text())["sessions"]
+    assert [s["parties"]["server"]["result"]["secagg"] for s in sessions] == [True, False]
+    in_sum = [[r["clients"] for r in s["parties"]["server"]["result"]["rounds"]] for s in sessions]
+    assert in_sum[0] == in_sum[1] and in_sum[0][-1] <= 8 and sum(in_sum[0]) < 24, in_sum
+    assert "all from the planned crashes" in out.stdout and (run_dir / "fedavg.png").exists()
+    assert "SecAgg+ accuracy" in out.stdout and "seconds per round and stage" in out.stdout
