@@ -202,7 +202,8 @@ async def _secure_round(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSetup, 
              for v in keys}
     y = secagg.masked_input(x, setup.k, b, pairs)
     clock.lap("masking")
-    await ch.send(server, f"{NAME}.masked", {"context": setup.context, "y": y, "masked_with": sorted(keys)})
+    await ch.send(server, f"{NAME}.masked", {"context": setup.context, "y": secagg.pack(y, setup.k),
+                                             "masked_with": sorted(keys)})
     # 4. the survivor list, confirmed by a quorum of the round's clients
     listed = await ch.recv(server, f"{NAME}.survivors", cfg.timeout)
     clock.lap("waiting_for_survivors")
@@ -344,10 +345,12 @@ async def _aggregate_secure(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSet
                                 f"{one_sided}")
     total = np.zeros(dim + 1, dtype=np.uint64)
     for name in survivors:
-        y = np.asarray(masked[name]["y"], dtype=np.uint64)
-        if y.shape != (dim + 1,):
-            raise PeerMisbehaved(name, f"sent a masked input of shape {y.shape}, expected ({dim + 1},)")
-        total = (total + y) & secagg.modulus_mask(setup.k)
+        try:
+            y = secagg.unpack(bytes(masked[name]["y"]), setup.k, dim + 1)
+        except (secagg.SecAggError, TypeError) as e:
+            raise PeerMisbehaved(name, f"sent a malformed masked input: {e}") from None
+        np.add(total, y, out=total)
+    np.bitwise_and(total, secagg.modulus_mask(setup.k), out=total)
     self_seeds, dropped_pairs, missing = [], [], []
     for v in survivors:            # its self mask, from the b shares its neighbours released
         got = [_share(s["b"][v]) for s in shares.values() if v in s.get("b", {})]

@@ -149,3 +149,16 @@ def test_graph_and_threshold_meet_their_bounds():
     assert secagg.consistency_quorum(10, 0.1) == 6
     with pytest.raises(secagg.SecAggError, match="cannot tolerate"):
         secagg.choose_graph(4, 0.45, 0.45)
+
+
+@pytest.mark.parametrize("k", [1, 7, 8, 33, 63, 64])
+def test_packed_uploads_take_k_bits_per_element_and_round_trip(k):
+    rng = np.random.default_rng(k)
+    for d in (1, 3, 1001):
+        y = rng.integers(0, 1 << 63, d, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        y &= secagg.modulus_mask(k)
+        packed = secagg.pack(y, k)
+        assert len(packed) == (d * k + 7) // 8
+        assert np.array_equal(secagg.unpack(packed, k, d), y)
+    with pytest.raises(secagg.SecAggError, match="bytes, got"):
+        secagg.unpack(packed[:-1], k, 1001)
