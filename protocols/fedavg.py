@@ -176,8 +176,8 @@ async def _secure_round(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSetup, 
     # at any point stays recoverable (t of k). Keys first would let a crash mid-shares leave
     # a mask toward me that fewer than t shares can remove.
     b = randomness.token_bytes(secagg.SEED_BYTES)
-    b_shares = shamir.share(b, len(mine), t)
-    s_shares = shamir.share(secagg.private_bytes(key), len(mine), t)
+    b_shares = shamir.share_key(b, len(mine), t)
+    s_shares = shamir.share_key(secagg.private_bytes(key), len(mine), t)
     for i, v in enumerate(mine):
         await ch.send(v, f"{NAME}.shares", {"context": setup.context, "b": b_shares[i].to_dict(),
                                              "s": s_shares[i].to_dict()})
@@ -318,8 +318,19 @@ async def _gather(ctx: RoleContext, names: list[str], kind: str, timeout: float)
     return got
 
 
-def _share(d: dict) -> shamir.Share:
-    return shamir.Share.from_dict(d)
+def _rebuild(shares: list[dict], owner: str, what: str) -> bytes:
+    """A 32-byte seed or key from its shares; shares that do not fit fail the round."""
+    try:
+        got = [shamir.Share.from_dict(d) for d in shares]
+        if any(s.kind != "key" for s in got):
+            raise shamir.ShamirError("not a share_key sharing")
+        secret = shamir.reconstruct(got)
+    except shamir.ShamirError as e:
+        raise AggregationFailed(f"the shares of {owner}'s {what} do not fit together ({e}): a "
+                                "client sent a corrupted share; no partial result") from None
+    if len(secret) != secagg.SEED_BYTES:
+        raise AggregationFailed(f"{owner}'s {what} rebuilt to {len(secret)} bytes, not 32")
+    return secret
 
 
 async def _aggregate_secure(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSetup, dim: int
@@ -353,20 +364,20 @@ async def _aggregate_secure(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSet
     np.bitwise_and(total, secagg.modulus_mask(setup.k), out=total)
     self_seeds, dropped_pairs, missing = [], [], []
     for v in survivors:            # its self mask, from the b shares its neighbours released
-        got = [_share(s["b"][v]) for s in shares.values() if v in s.get("b", {})]
+        got = [s["b"][v] for s in shares.values() if v in s.get("b", {})]
         if len(got) < setup.threshold:
             missing.append(v)
             continue
-        self_seeds.append(shamir.reconstruct(got))
+        self_seeds.append(_rebuild(got[:setup.threshold], v, "self-mask seed"))
     for v in dropped:              # masks survivors added toward it, from its mask key
         toward = [u for u in survivors if v in masked[u]["masked_with"]]
         if not toward:
             continue
-        got = [_share(s["s"][v]) for s in shares.values() if v in s.get("s", {})]
+        got = [s["s"][v] for s in shares.values() if v in s.get("s", {})]
         if len(got) < setup.threshold:
             missing.append(v)
             continue
-        sk = shamir.reconstruct(got)
+        sk = _rebuild(got[:setup.threshold], v, "mask key")
         for u in toward:
             seed = secagg.pair_seed(sk, bytes(keys[u]["pk"]), setup.context, u, v)
             dropped_pairs.append((seed, secagg.pair_sign(u, v)))

@@ -1,3 +1,5 @@
+import dataclasses
+import math
 import secrets
 
 import pytest
@@ -119,3 +121,36 @@ def test_sum_tags_do_not_depend_on_summation_order():
     s2 = parts[1][2] + parts[2][2] + parts[0][2]
     expected = bytes(a ^ b ^ c for a, b, c in zip(*(shamir.reconstruct(p) for p in parts), strict=True))
     assert shamir.reconstruct([s0, s1, s2]) == expected
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.binary(min_size=1, max_size=64), st.integers(1, 12).flatmap(
+    lambda n: st.tuples(st.just(n), st.integers(1, n))), st.randoms(use_true_random=False))
+def test_share_key_any_t_reconstruct_and_extras_are_checked(secret, nt, rnd):
+    n, t = nt
+    shares = shamir.share_key(secret, n, t)
+    assert shamir.reconstruct(rnd.sample(shares, t)) == secret
+    assert shamir.reconstruct(shares) == secret          # all n: the extras are cross-checked
+    back = [shamir.Share.from_dict(s.to_dict()) for s in shares]
+    assert shamir.reconstruct(back[::-1][:t]) == secret
+    if t < n:
+        bad = shares[-1]
+        forged = dataclasses.replace(bad, blocks=(bytes(a ^ (i == 65) for i, a in enumerate(bad.blocks[0])),))
+        with pytest.raises(shamir.ShamirError):
+            shamir.reconstruct(shares[:t] + [forged])
+
+
+def test_share_key_t_minus_1_shares_fit_every_secret():
+    """Over a prime field, t - 1 shares and any candidate secret determine one polynomial."""
+    shares = shamir.share_key(b"\x01" * 32, 5, 3)[:2]
+    for candidate in (b"\x00" * 32, b"\xff" * 32):
+        # the polynomial through (0, candidate) and the two shares: its value at x = 3 exists
+        # and reconstructs the candidate together with them
+        pts = [(0, int.from_bytes(candidate, "big"))] + [(s.index, int.from_bytes(s.blocks[0], "big"))
+                                                          for s in shares]
+        y3 = sum(yi * math.prod([(3 - xj) * pow(xi - xj, -1, shamir.PRIME) for xj, _ in pts if xj != xi])
+                 for xi, yi in pts) % shamir.PRIME
+        third = dataclasses.replace(shares[0], index=3, blocks=(int(y3).to_bytes(66, "big"),))
+        assert shamir.reconstruct(shares + [third]) == candidate
+    with pytest.raises(shamir.ShamirError, match="not linear"):
+        _ = shares[0] + shares[0]
