@@ -92,3 +92,13 @@ def generator() -> np.random.Generator:
     (masks over 10^5 slots, dither) where numpy's distributions are needed.
     Never reuse one across a fork: take a new one per use."""
     return np.random.Generator(np.random.PCG64(secrets.randbits(256)))
+
+
+def skellam(shape: tuple[int, ...] | int, mu: float) -> np.ndarray:
+    """Skellam draws Poisson(mu) - Poisson(mu) (variance 2 mu), int64: the integer DP noise
+    each client adds before secure aggregation (privacy/skellam.py). From a fresh
+    OS-seeded generator."""
+    if not mu >= 0:
+        raise ValueError(f"Skellam mu must be >= 0, got {mu}")
+    g = generator()
+    return g.poisson(mu, shape).astype(np.int64) - g.poisson(mu, shape).astype(np.int64)
