@@ -149,6 +149,15 @@ def unmask(total: np.ndarray, k: int, self_seeds: list[bytes],
     return np.bitwise_and(out, modulus_mask(k), out=out)
 
 
+def to_signed(total: np.ndarray, k: int) -> np.ndarray:
+    """Elements of Z_2^k read as two's complement integers in [-2^(k-1), 2^(k-1)), k <= 62."""
+    if not 1 <= k <= 62:
+        raise SecAggError(f"signed decoding needs 1 <= k <= 62, got {k}")
+    signed = total.astype(np.int64)
+    signed[total >= np.uint64(1 << (k - 1))] -= np.int64(1 << k)
+    return signed
+
+
 def pack(y: np.ndarray, k: int) -> bytes:
     """Elements of Z_2^k, k bits each (little-endian bit order): the upload is d*k/8 bytes,
     not 8*d."""

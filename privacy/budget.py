@@ -1,5 +1,6 @@
 """A privacy budget policy: which PATE queries a guardian may still answer, and which
-pure-DP releases (a DSSGD participant's private uploads) a party may still make.
+pure-DP releases (a DSSGD participant's private uploads) or Skellam-noised sums (a
+FedAvg client's secure-aggregation rounds) a party may still make.
 
 Pure and in memory: :class:`PrivacyBudget` decides, records and replays
 *entries* (plain dicts): a ``charge`` (a query granted, charged before its
@@ -31,6 +32,7 @@ from .pate import (
     gnmax_rdp_data_independent,
     threshold_rdp_data_independent,
 )
+from .skellam import rdp as skellam_rdp
 from .svt import pure_dp_rdp
 
 
@@ -105,6 +107,15 @@ class PrivacyBudget:
                              {"mechanism": "pure", "epsilon": float(epsilon), "what": mechanism},
                              query_id)
 
+    def request_skellam(self, l1: float, l2: float, mu: float, query_id: str = "") -> Decision:
+        """Ask to release one sum carrying Skellam noise Sk(mu) whose inputs differ by at
+        most (l1, l2) between neighbours (privacy/skellam.py): a secure-aggregation round."""
+        if not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in (l1, l2, mu)):
+            raise BudgetError(f"l1, l2 and mu must be positive, got {l1!r}, {l2!r}, {mu!r}")
+        return self._request(skellam_rdp(self._orders, l1, l2, mu),
+                             {"mechanism": "skellam", "l1": float(l1), "l2": float(l2), "mu": float(mu)},
+                             query_id)
+
     def settle(self, seq: int, answered: bool) -> None:
         """Record whether the Confident-GNMax query charged at ``seq`` answered;
         if it abstained its GNMax step is no longer charged."""
@@ -142,6 +153,9 @@ class PrivacyBudget:
             elif kind == "charge" and entry["mechanism"] == "pure":
                 self._acc.add_rdp(pure_dp_rdp(float(entry["epsilon"]), self._orders),
                                   data_dependent=False)
+            elif kind == "charge" and entry["mechanism"] == "skellam":
+                self._acc.add_rdp(skellam_rdp(self._orders, float(entry["l1"]), float(entry["l2"]),
+                                              float(entry["mu"])), data_dependent=False)
             elif kind == "charge" and entry["mechanism"] == "confident_gnmax":
                 sigmas = (entry["sigma_threshold"], entry["sigma_gnmax"])
                 cost = self._confident_cost(*sigmas)

@@ -43,6 +43,12 @@ def epsilon(rounds: int, l1: float, l2: float, mu: float, delta: float) -> float
     return epsilon_from_rdp(DEFAULT_ORDERS, rounds * rdp(DEFAULT_ORDERS, l1, l2, mu), delta)[0]
 
 
+def epsilon_of(mus: list[float], l1: float, l2: float, delta: float) -> float:
+    """The (epsilon, delta) of releases with the Skellam parameters ``mus``, one per round."""
+    total = sum((rdp(DEFAULT_ORDERS, l1, l2, mu) for mu in mus), np.zeros_like(DEFAULT_ORDERS))
+    return epsilon_from_rdp(DEFAULT_ORDERS, total, delta)[0]
+
+
 def calibrate(target_epsilon: float, rounds: int, l1: float, l2: float, delta: float) -> float:
     """The smallest total mu (to 0.1 %) whose ``rounds`` releases meet the target."""
     if not target_epsilon > 0:
@@ -101,7 +107,7 @@ class SkellamEncoding:
         noise_sd = math.sqrt(2 * self.noise_per_client() * clients)
         largest = clients * self.l2 + tail_sigmas * noise_sd
         k = math.ceil(math.log2(largest + 1)) + 1
-        if k > 64:
+        if k > 62:
             raise SkellamError(f"a {k}-bit modulus would be needed (scale {self.scale:g}, mu "
                                f"{self.mu:.4g}); use a smaller scale")
         return k

@@ -34,7 +34,10 @@ and nobody gets a partial result.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 
@@ -45,6 +48,7 @@ from learning.models import public_mlp
 from learning.training import evaluate, get_flat, round_seed, set_flat, train
 from mpc import randomness, secagg, shamir, wire
 from mpc.channel import ChannelError
+from privacy import gaussian, skellam
 
 from .context import RoleContext, RoleResult
 from .errors import ParameterError, PeerMisbehaved, ProtocolError
@@ -89,6 +93,11 @@ class FedAvgParams(Params):
     dropout: float = 0.1         # tolerated dropout fraction (chooses the graph and threshold)
     corrupt: float = 0.1         # tolerated fraction of corrupt clients colluding with the server
     timeout: float = 120.0
+    # distributed DP (secagg) or central DP (plain: a trusted server adds Gaussian noise)
+    dp_epsilon: float | None = None   # over the whole run, for one client's whole update
+    delta: float = 1e-5
+    l2_clip: float = 1.0              # with dp_epsilon: each update clipped to this L2 norm
+    epsilon_budget: float = 10.0      # each client's ledger (secagg with dp_epsilon)
 
     def check(self) -> list[str]:
         checks = [
@@ -101,11 +110,18 @@ class FedAvgParams(Params):
             (min(self.lr, self.clip, self.alpha, self.timeout) > 0, "lr, clip, alpha, timeout must be > 0"),
             (0 <= self.dropout < 0.5 and 0 <= self.corrupt < 0.5,
              "dropout and corrupt must be fractions in [0, 0.5)"),
+            (self.dp_epsilon is None or self.dp_epsilon > 0, "dp_epsilon must be > 0 (or null: no DP)"),
+            (0 < self.delta < 1 and self.l2_clip > 0, "delta must be in (0, 1) and l2_clip > 0"),
+            (not self.dp_epsilon or not self.secagg or self.dp_epsilon <= self.epsilon_budget,
+             f"a run of epsilon {self.dp_epsilon} exceeds each client's budget "
+             f"{self.epsilon_budget}: raise epsilon_budget deliberately"),
         ]
         return [msg for ok, msg in checks if not ok]
 
 
 Params = FedAvgParams
+# a private secure run charges each client's own ledger, round by round
+RESOURCES = {"client": lambda p: ("budget",) if p.dp_epsilon and p.secagg else ()}
 
 
 @dataclass(frozen=True)
@@ -119,18 +135,47 @@ class RoundSetup:
     quorum: int
     context: bytes
     how: str
+    dim: int                                     # model parameters
+    dp: skellam.SkellamEncoding | None = None   # distributed DP: the clients' encoding
+
+    @property
+    def needed(self) -> int:
+        """Fewest masked inputs a sum may be released from: the consistency quorum, and
+        with DP the survivors whose noise adds up to the calibrated mu."""
+        return max(self.quorum, self.dp.min_survivors if self.dp else 0)
+
+    @property
+    def length(self) -> int:
+        """Elements per masked input: the update, plus its weight when not private."""
+        return self.dim if self.dp else self.dim + 1
 
 
-def round_setup(cfg: FedAvgParams, clients: list[str], session: str, rnd: int) -> RoundSetup:
+def dp_encoding(cfg: FedAvgParams, clients: int, dim: int) -> skellam.SkellamEncoding:
+    """The public Skellam encoding of a round with ``clients``: scale so rounding inflates
+    the norm bound by at most 1/64, noise calibrated to the run's target, and split
+    over the clients that must survive when the tolerated fraction drops."""
+    base = skellam.SkellamEncoding(cfg.l2_clip, 64 * math.sqrt(dim) / cfg.l2_clip, dim, 1.0,
+                                   clients - int(cfg.dropout * clients))
+    mu = _calibrated_mu(cfg.dp_epsilon, cfg.rounds, base.l1, base.l2, cfg.delta)
+    return dataclasses.replace(base, mu=mu)
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrated_mu(eps: float, rounds: int, l1: float, l2: float, delta: float) -> float:
+    return skellam.calibrate(eps, rounds, l1, l2, delta)
+
+
+def round_setup(cfg: FedAvgParams, clients: list[str], session: str, rnd: int, dim: int) -> RoundSetup:
     context = f"{session}/{rnd}".encode()
+    dp = dp_encoding(cfg, len(clients), dim) if cfg.dp_epsilon else None
     try:
         choice = secagg.choose_graph(len(clients), cfg.dropout, cfg.corrupt)
-        k = quantizer(cfg).modulus_bits(len(clients))
-    except secagg.SecAggError as e:
+        k = dp.modulus_bits(len(clients)) if dp else quantizer(cfg).modulus_bits(len(clients))
+    except (secagg.SecAggError, skellam.SkellamError) as e:
         raise ParameterError(f"{NAME}: {e}") from None
     graph = secagg.neighbours(clients, choice.degree, hashlib.sha256(b"graph|" + context).digest())
     return RoundSetup(clients, graph, choice.threshold, k,
-                      secagg.consistency_quorum(len(clients), cfg.corrupt), context, choice.how)
+                      secagg.consistency_quorum(len(clients), cfg.corrupt), context, choice.how, dim, dp)
 
 
 def quantizer(cfg: FedAvgParams) -> secagg.Quantizer:
@@ -213,6 +258,10 @@ async def _secure_round(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSetup, 
                                      "surviving and dropped")
     if me not in survivors or not set(survivors) | set(dropped) <= set(setup.clients):
         raise PeerMisbehaved(server, "sent a survivor list that leaves me out or names strangers")
+    if len(survivors) < setup.needed:   # with DP: too little noise would reach the sum
+        raise AggregationFailed(f"only {len(survivors)} survivors; {setup.needed} needed"
+                                + (" for the DP noise to add up" if setup.dp else "")
+                                + "; refusing to unmask")
     digest = survivors_digest(setup.context, sorted(survivors), sorted(dropped))
     for v in survivors:
         if v != me:
@@ -275,8 +324,20 @@ async def client(ctx: RoleContext) -> RoleResult:
         train_s = time.perf_counter() - t0
         change = get_flat(model).astype(np.float64) - w0.astype(np.float64)
         if cfg.secagg:
-            setup = round_setup(cfg, alive, ch.session, r)
-            seen = await _secure_round(ctx, cfg, setup, server, q.encode(change, len(y), rng))
+            setup = round_setup(cfg, alive, ch.session, r, change.size)
+            if setup.dp:
+                _charge(ctx, setup.dp, f"{ch.session}/round {r + 1}")
+                noise = randomness.skellam(change.size, setup.dp.noise_per_client())
+                x_in = setup.dp.encode(change, rng, noise).astype(np.uint64)   # two's complement
+                x_in &= secagg.modulus_mask(setup.k)
+            else:
+                x_in = q.encode(change, len(y), rng)
+            seen = await _secure_round(ctx, cfg, setup, server, x_in)
+        elif cfg.dp_epsilon:      # central DP: clipped, unweighted; the server adds the noise
+            norm = float(np.linalg.norm(change))
+            clipped = change * min(1.0, cfg.l2_clip / norm) if norm > 0 else change
+            await ch.send(server, f"{NAME}.update", {"round": r, "change": clipped, "weight": 1})
+            seen = {}
         else:
             await ch.send(server, f"{NAME}.update", {"round": r, "change": change.astype(np.float32),
                                                      "weight": len(y)})
@@ -299,13 +360,31 @@ async def client(ctx: RoleContext) -> RoleResult:
         if chatty:
             ctx.progress(f"round {r + 1}/{cfg.rounds}: test accuracy {acc:.3f} "
                          f"({len(alive)} clients in the sum)")
+    budget = ctx.resources.budget if cfg.dp_epsilon and cfg.secagg else None
     return RoleResult({"role": "client", "secagg": cfg.secagg, "samples": len(y),
                        "final_accuracy": rounds[-1]["accuracy"], "rounds": rounds,
+                       "ledger_epsilon": budget.epsilon_spent() if budget else None,
                        "config": cfg.to_dict()},
                       private={"fedavg_model": get_flat(model)})
 
 
+def _charge(ctx: RoleContext, dp: skellam.SkellamEncoding, what: str) -> None:
+    """Charge this client's ledger for one noisy sum before anything derived from its data
+    leaves; a refusal ends its participation, by name."""
+    decision = ctx.resources.budget.request_skellam(dp.l1, dp.l2, dp.mu, what)
+    if not decision.granted:
+        raise ProtocolError(f"client '{ctx.me}': its privacy budget refuses {what} ({decision.reason})")
+
+
 # --------------------------------------------------------------------------- server
+
+def realized_epsilon(cfg: FedAvgParams, rounds: int, mus: list[float], sigma: float,
+                     dp: skellam.SkellamEncoding | None) -> float:
+    """The epsilon of the sums released so far: with the Skellam mu that actually reached
+    each one (more survivors, more noise), or the central Gaussian's."""
+    if not cfg.secagg:
+        return gaussian.epsilon(rounds, sigma, cfg.delta)
+    return skellam.epsilon_of(mus, dp.l1, dp.l2, cfg.delta)
 
 async def _gather(ctx: RoleContext, names: list[str], kind: str, timeout: float) -> dict[str, dict]:
     """Each named client's message of ``kind``; clients that dropped are left out."""
@@ -342,9 +421,9 @@ async def _aggregate_secure(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSet
     clock.lap("waiting_for_masked")   # includes the clients' local training
     survivors = sorted(masked)
     dropped = sorted(set(setup.clients) - set(survivors))
-    if len(survivors) < setup.quorum:
+    if len(survivors) < setup.needed:
         raise AggregationFailed(f"only {len(survivors)} of {len(setup.clients)} clients sent masked "
-                                f"inputs ({setup.quorum} needed); missing: {dropped}")
+                                f"inputs ({setup.needed} needed); missing: {dropped}")
     for name in survivors:
         await ctx.channel.send(name, f"{NAME}.survivors", {"survivors": survivors, "dropped": dropped})
     shares = await _gather(ctx, survivors, "unmask", cfg.timeout)
@@ -354,10 +433,10 @@ async def _aggregate_secure(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSet
     if one_sided:   # u masked toward v but not v toward u: that mask would not cancel
         raise AggregationFailed(f"pairs masked on one side only (a key or share message was lost): "
                                 f"{one_sided}")
-    total = np.zeros(dim + 1, dtype=np.uint64)
+    total = np.zeros(setup.length, dtype=np.uint64)
     for name in survivors:
         try:
-            y = secagg.unpack(bytes(masked[name]["y"]), setup.k, dim + 1)
+            y = secagg.unpack(bytes(masked[name]["y"]), setup.k, setup.length)
         except (secagg.SecAggError, TypeError) as e:
             raise PeerMisbehaved(name, f"sent a malformed masked input: {e}") from None
         np.add(total, y, out=total)
@@ -401,14 +480,19 @@ async def server(ctx: RoleContext) -> RoleResult:
     q = quantizer(cfg)
     alive = list(clients)
     stats = []
+    mus: list[float] = []     # the Skellam mu that reached each round's sum
+    sigma = gaussian.calibrate(cfg.dp_epsilon, cfg.rounds, cfg.delta) \
+        if cfg.dp_epsilon and not cfg.secagg else 0.0
     for r in range(cfg.rounds):
         t0 = time.perf_counter()
         if cfg.secagg:
-            setup = round_setup(cfg, alive, ctx.channel.session, r)
+            setup = round_setup(cfg, alive, ctx.channel.session, r, dim)
             if r == 0:
                 ctx.progress(f"SecAgg+: {len(alive)} clients, degree {len(setup.graph[alive[0]])}, "
                              f"threshold {setup.threshold}, modulus 2^{setup.k}, quorum {setup.quorum} "
-                             f"({setup.how})")
+                             f"({setup.how})" + (f"; Skellam mu {setup.dp.mu:.4g} over >= "
+                                                 f"{setup.dp.min_survivors} clients (scale "
+                                                 f"{setup.dp.scale:.4g})" if setup.dp else ""))
             try:
                 total, in_sum, stages = await _aggregate_secure(ctx, cfg, setup, dim)
             except AggregationFailed as e:
@@ -418,7 +502,12 @@ async def server(ctx: RoleContext) -> RoleResult:
                     except ChannelError:
                         pass
                 raise
-            mean, weight = q.decode_sum(total)
+            if setup.dp:
+                mean = secagg.to_signed(total, setup.k) / setup.dp.scale / len(in_sum)
+                weight = len(in_sum)
+                mus.append(setup.dp.noise_per_client() * len(in_sum))
+            else:
+                mean, weight = q.decode_sum(total)
         else:
             got = await _gather(ctx, alive, "update", cfg.timeout)
             in_sum = sorted(got)
@@ -426,7 +515,13 @@ async def server(ctx: RoleContext) -> RoleResult:
                 raise AggregationFailed(f"round {r + 1}: no client sent an update")
             weights = np.array([g["weight"] for g in got.values()], dtype=np.float64)
             changes = np.stack([np.asarray(g["change"], dtype=np.float64) for g in got.values()])
-            mean, weight = (weights[:, None] * changes).sum(0) / weights.sum(), int(weights.sum())
+            if cfg.dp_epsilon:   # central DP: a trusted server adds N(0, (sigma C)^2) to the sum
+                if any(np.linalg.norm(c) > cfg.l2_clip * (1 + 1e-9) for c in changes) or set(weights) != {1.0}:
+                    raise AggregationFailed(f"round {r + 1}: an update is not clipped or weighted as agreed")
+                noisy = changes.sum(0) + randomness.normal(dim, sigma * cfg.l2_clip)
+                mean, weight = noisy / len(in_sum), len(in_sum)
+            else:
+                mean, weight = (weights[:, None] * changes).sum(0) / weights.sum(), int(weights.sum())
             stages = {}
         dropped = sorted(set(alive) - set(in_sum))
         alive = in_sum
@@ -434,10 +529,18 @@ async def server(ctx: RoleContext) -> RoleResult:
             await ctx.channel.send(name, f"{NAME}.model", {"round": r, "mean": mean.astype(np.float64),
                                                           "clients": alive})
         stats.append({"round": r + 1, "clients": len(alive), "dropped": dropped, "weight": weight,
-                      "stages": stages, "seconds": round(time.perf_counter() - t0, 4)})
+                      "stages": stages, "seconds": round(time.perf_counter() - t0, 4),
+                      **({"epsilon": round(realized_epsilon(cfg, r + 1, mus, sigma,
+                                                              setup.dp if cfg.secagg else None), 4)}
+                         if cfg.dp_epsilon else {})})
         ctx.progress(f"round {r + 1}/{cfg.rounds}: averaged {len(alive)} clients"
                      + (f" (dropped: {', '.join(dropped)})" if dropped else ""))
     return RoleResult({"role": "server", "secagg": cfg.secagg, "rounds": stats,
+                       "dp": ({"mechanism": "distributed Skellam" if cfg.secagg else "central Gaussian",
+                               "target_epsilon": cfg.dp_epsilon, "delta": cfg.delta,
+                               "epsilon": stats[-1]["epsilon"], "l2_clip": cfg.l2_clip,
+                               **({"sigma": sigma} if not cfg.secagg else {"mu": mus})}
+                              if cfg.dp_epsilon else None),
                        "bytes_model": len(wire.encode(np.zeros(dim)))})
 
 

@@ -52,7 +52,7 @@ async def run_session(protocol: str, roles: dict[str, str], params: dict[str, An
                       kill: dict[str, Any] | None = None,
                       states: dict[str, dict] | None = None) -> dict[str, RoleResult | BaseException]:
     """Run ``protocol`` with ``roles`` (name -> role). Returns name -> RoleResult, or
-    the exception it raised. ``kill`` crashes a party mid-run: ``{"party": name}``
+    the exception it raised. ``kill`` crashes a party mid-run: ``{"party": name or [names]}``
     plus either ``"after": seconds`` or ``"when": (other_party, text)``, i.e. as
     soon as ``other_party`` reports progress containing ``text``."""
     module = registry.load(protocol)
@@ -61,9 +61,10 @@ async def run_session(protocol: str, roles: dict[str, str], params: dict[str, An
     net = InMemoryNetwork(list(roles))
     tasks: dict[str, asyncio.Task] = {}
 
-    def crash(victim: str) -> None:
-        tasks[victim].cancel()
-        net.kill(victim)
+    def crash(victims: str | list[str]) -> None:
+        for victim in [victims] if isinstance(victims, str) else victims:
+            tasks[victim].cancel()
+            net.kill(victim)
 
     def progress_of(name: str) -> Callable[[str], None]:
         def progress(message: str) -> None:

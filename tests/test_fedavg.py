@@ -70,3 +70,54 @@ async def test_every_honest_client_aborts_when_the_server_lies(monkeypatch, lie)
             assert isinstance(res[name], BaseException), (name, res[name])
     words = "both surviving and dropped" if lie == "both lists" else "different survivor list"
     assert any(words in str(res[n]) for n in roles(5) if n != "server")
+
+
+# -- distributed DP (Skellam) and its central baseline ------------------------------------
+
+DP = {"rounds": 1, "model": "logreg", "lr": 1e-12, "dp_epsilon": 4.0}   # updates ~0: the sum is noise
+
+
+@pytest.mark.parametrize("secure", [True, False])
+async def test_dp_noise_in_the_released_mean_matches_the_calibration(secure):
+    res = await run_session("fedavg", roles(10), {**DP, "secagg": secure})
+    assert not any(isinstance(v, BaseException) for v in res.values()), res
+    server = res["server"].public
+    mean = res["c01"].private["fedavg_model"] - fedavg_initial(res)
+    n = server["rounds"][0]["clients"]
+    if secure:   # Sk(mu_i) from each of n clients: variance 2 n mu_i in integer units
+        mu = server["dp"]["mu"][0]
+        setup = fedavg.dp_encoding(fedavg.FedAvgParams.from_dict({**DP, "secagg": True}), 10, mean.size)
+        expected_sd = np.sqrt(2 * mu) / setup.scale / n
+        assert mu == pytest.approx(setup.noise_per_client() * n)
+        assert res["c01"].public["ledger_epsilon"] == pytest.approx(4.0, rel=1e-3)
+    else:        # N(0, (sigma C)^2) on the sum
+        expected_sd = server["dp"]["sigma"] * 1.0 / n
+    assert np.std(mean) == pytest.approx(expected_sd, rel=0.1), (np.std(mean), expected_sd)
+    assert server["dp"]["epsilon"] <= 4.0 + 1e-6
+
+
+def fedavg_initial(res) -> np.ndarray:
+    from learning.datasets import load_table
+    from learning.training import get_flat
+
+    cfg = fedavg.FedAvgParams.from_dict(DP)
+    data = load_table(cfg.dataset, seed=cfg.data_seed)
+    return get_flat(fedavg.initial_model(cfg, data.x_train.shape[1], data.num_classes)).astype(np.float64)
+
+
+async def test_dp_without_noise_would_fail_this_test(monkeypatch):
+    """The check above is not vacuous: with the clients' noise switched off, the released
+    mean is (almost) exactly the zero update."""
+    monkeypatch.setattr(fedavg.randomness, "skellam", lambda shape, mu: np.zeros(shape, dtype=np.int64))
+    res = await run_session("fedavg", roles(10), {**DP, "secagg": True})
+    mean = res["c01"].private["fedavg_model"] - fedavg_initial(res)
+    assert np.std(mean) < 1e-6
+
+
+async def test_a_dp_round_refuses_to_unmask_when_too_few_survive():
+    """Sized for 10 % dropout of 10 clients: 9 must survive for the noise to add up; with
+    two killed before their masked inputs the honest clients refuse, and nothing is released."""
+    res = await run_session("fedavg", roles(10), {**DP, "rounds": 2, "lr": 0.1},
+                            kill={"party": ["c03", "c07"], "when": ("c01", "round 1/")})
+    assert isinstance(res["server"], BaseException)
+    assert "needed" in str(res["server"])
