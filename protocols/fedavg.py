@@ -252,6 +252,8 @@ async def _secure_round(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSetup, 
     # 4. the survivor list, confirmed by a quorum of the round's clients
     listed = await ch.recv(server, f"{NAME}.survivors", cfg.timeout)
     clock.lap("waiting_for_survivors")
+    if "error" in listed:
+        raise AggregationFailed(f"the server could not aggregate: {listed['error']}")
     survivors, dropped = list(listed["survivors"]), list(listed["dropped"])
     if set(survivors) & set(dropped):
         raise PeerMisbehaved(server, f"listed {sorted(set(survivors) & set(dropped))} as both "
@@ -387,11 +389,12 @@ def realized_epsilon(cfg: FedAvgParams, rounds: int, mus: list[float], sigma: fl
     return skellam.epsilon_of(mus, dp.l1, dp.l2, cfg.delta)
 
 async def _gather(ctx: RoleContext, names: list[str], kind: str, timeout: float) -> dict[str, dict]:
-    """Each named client's message of ``kind``; clients that dropped are left out."""
-    got = {}
+    """Each named client's message of ``kind`` within ``timeout`` for the whole stage;
+    clients that dropped or were too slow are left out."""
+    got, deadline = {}, time.monotonic() + timeout
     for name in names:
         try:
-            got[name] = await ctx.channel.recv(name, f"{NAME}.{kind}", timeout)
+            got[name] = await ctx.channel.recv(name, f"{NAME}.{kind}", max(0.01, deadline - time.monotonic()))
         except ChannelError:
             pass
     return got
@@ -421,9 +424,13 @@ async def _aggregate_secure(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSet
     clock.lap("waiting_for_masked")   # includes the clients' local training
     survivors = sorted(masked)
     dropped = sorted(set(setup.clients) - set(survivors))
-    if len(survivors) < setup.needed:
-        raise AggregationFailed(f"only {len(survivors)} of {len(setup.clients)} clients sent masked "
-                                f"inputs ({setup.needed} needed); missing: {dropped}")
+    if len(survivors) < setup.needed:   # the waiting clients hear it in place of a survivor list
+        failure = AggregationFailed(f"only {len(survivors)} of {len(setup.clients)} clients sent "
+                                    f"masked inputs ({setup.needed} needed); missing: {dropped}")
+        for name in survivors:
+            await ctx.channel.send(name, f"{NAME}.survivors", {"error": str(failure)})
+        failure.told = survivors
+        raise failure
     for name in survivors:
         await ctx.channel.send(name, f"{NAME}.survivors", {"survivors": survivors, "dropped": dropped})
     shares = await _gather(ctx, survivors, "unmask", cfg.timeout)
@@ -496,7 +503,7 @@ async def server(ctx: RoleContext) -> RoleResult:
             try:
                 total, in_sum, stages = await _aggregate_secure(ctx, cfg, setup, dim)
             except AggregationFailed as e:
-                for name in alive:
+                for name in set(alive) - set(getattr(e, "told", ())):
                     try:
                         await ctx.channel.send(name, f"{NAME}.model", {"round": r, "error": str(e)})
                     except ChannelError:

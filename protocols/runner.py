@@ -78,6 +78,10 @@ async def run_session(protocol: str, roles: dict[str, str], params: dict[str, An
         ctx = RoleContext(channel, roles, dict(params), (states or {}).get(name, {}),
                           progress_of(name), make(name, role))
         tasks[name] = asyncio.create_task(module.ROLES[role](ctx))
+        # a party whose role failed is gone, as its process would be: peers waiting on it
+        # hear so at once instead of at their timeout
+        tasks[name].add_done_callback(
+            lambda t, n=name: None if t.cancelled() or t.exception() is None else net.kill(n))
     if kill and "after" in kill:
         asyncio.get_running_loop().call_later(kill["after"], crash, kill["party"])
     results = await asyncio.gather(*tasks.values(), return_exceptions=True)
