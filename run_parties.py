@@ -328,6 +328,13 @@ def _fedavg_args(p: argparse.ArgumentParser) -> None:
                    help="dropout fraction per round SecAgg+ is sized for (default: max(0.1, --dropout))")
     p.add_argument("--corrupt", type=float, default=0.1,
                    help="fraction of clients that may collude with the server")
+    p.add_argument("--dp-epsilon", type=float, default=None,
+                   help="differential privacy for one client's whole update over the run: Skellam "
+                        "noise from each client (SecAgg+), Gaussian noise from the server (plain)")
+    p.add_argument("--delta", type=float, default=1e-5, help="delta of --dp-epsilon")
+    p.add_argument("--l2-clip", type=float, default=1.0, help="with --dp-epsilon: L2 bound of an update")
+    p.add_argument("--budget", type=float, default=10.0,
+                   help="with --dp-epsilon: each client's epsilon budget (its ledger)")
     p.add_argument("--clip", type=float, default=0.5, help="update coordinates clipped to +-clip")
     p.add_argument("--bits", type=int, default=16, help="quantization bits per coordinate")
     p.add_argument("--model", default="mlp", choices=["mlp", "logreg"])
@@ -385,7 +392,9 @@ def fedavg(args: argparse.Namespace) -> list[Scenario]:
     params = {"dataset": args.dataset, "split": args.split, "alpha": args.alpha, "rounds": args.rounds,
               "dropout": tolerate, "corrupt": args.corrupt, "clip": args.clip, "bits": args.bits,
               "model": args.model, "hidden": args.hidden, "epochs": args.epochs, "lr": args.lr,
-              "batch": args.batch, "seed": args.seed, "data_seed": args.seed}
+              "batch": args.batch, "seed": args.seed, "data_seed": args.seed,
+              "dp_epsilon": args.dp_epsilon, "delta": args.delta, "l2_clip": args.l2_clip,
+              "epsilon_budget": args.budget}
     kinds = ([] if args.no_secagg else [True]) + ([] if args.no_baseline and not args.no_secagg else [False])
     clients = [f"client{i:02d}" for i in range(1, args.clients + 1)]
     parties = [(c, "client") for c in clients] + [("server", "server")]

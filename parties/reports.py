@@ -188,7 +188,8 @@ def _fedavg_curve(session: dict) -> dict | None:
             "bytes_per_round": mean(recs[d_name]["transport"]["sent_bytes"] / len(recs[d_name]["result"]["rounds"])
                                     for d_name, rec in recs.items() if rec.get("ok")
                                     and rec["result"].get("role") == "client"),
-            "model_bytes": server["bytes_model"], "config": done[0]["config"]}
+            "model_bytes": server["bytes_model"], "config": done[0]["config"], "dp": server.get("dp"),
+            "ledger_epsilon": max((d.get("ledger_epsilon") or 0.0) for d in done) or None}
 
 
 def fedavg_report(run_dir: Path, sessions: dict[str, dict]) -> dict | None:
@@ -238,10 +239,18 @@ def fedavg_report(run_dir: Path, sessions: dict[str, dict]) -> dict | None:
         console.print(f"{names[k]}: final accuracy {c['accuracy'][-1]:.4f}; each client sent "
                       f"{c['bytes_per_round']:,.0f} B per round (all messages, envelopes included; "
                       f"the float64 model the server returns is {c['model_bytes']:,} B)")
+    for k, c in curves.items():
+        if c["dp"]:
+            dp = c["dp"]
+            console.print(f"{names[k]}: {dp['mechanism']} DP for one client's whole update (clipped to L2 "
+                          f"{dp['l2_clip']:g}): target epsilon {dp['target_epsilon']:g}, released sums "
+                          f"cost epsilon {dp['epsilon']:.4g} (delta {dp['delta']:g})"
+                          + (f"; each client's ledger: {c['ledger_epsilon']:.4g}" if c["ledger_epsilon"] else ""))
     if len(curves) == 2:
         gap = max(abs(a - b) for a, b in zip(curves["secagg"]["accuracy"], curves["plain"]["accuracy"], strict=False))
-        console.print(f"largest per-round accuracy gap SecAgg+ - plain: {gap:.4f} "
-                      f"(quantization: {cfg['bits']} bits over +-{cfg['clip']:g})")
+        why = ("each run draws its own DP noise" if cfg.get("dp_epsilon") else
+               f"quantization: {cfg['bits']} bits over +-{cfg['clip']:g}")
+        console.print(f"largest per-round accuracy gap SecAgg+ - plain: {gap:.4f} ({why})")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
