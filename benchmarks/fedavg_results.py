@@ -77,6 +77,7 @@ def write(sec: list[dict], private: list[dict], seconds: float) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     OUT.mkdir(exist_ok=True)
     lines = [f"{CLIENTS} clients, {SECAGG['rounds']} rounds, MLP (hidden {SECAGG['hidden']}), lr "
@@ -121,9 +122,11 @@ def write(sec: list[dict], private: list[dict], seconds: float) -> None:
                         capsize=3, label=name)
         ax.axhline(rs[0]["no_dp"], color="grey", ls=":", label="no DP")
         ax.set(title=dataset, xlabel="epsilon", xscale="log")
+        ax.set_xticks(eps, [f"{e:g}" for e in eps])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("final test accuracy")
-    axes[0].legend(loc="lower right")
+    axes[-1].legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(OUT / "fedavg_dp.png", dpi=110)
     plt.close(fig)
