@@ -121,3 +121,49 @@ async def test_a_dp_round_refuses_to_unmask_when_too_few_survive():
                             kill={"party": ["c03", "c07"], "when": ("c01", "round 1/")})
     assert isinstance(res["server"], BaseException)
     assert "needed" in str(res["server"])
+
+
+@pytest.mark.parametrize("masks", [True, False])
+async def test_the_server_sees_uniform_masked_inputs(monkeypatch, masks):
+    """Playing the server with everything it receives: each client's masked input is
+    uniform modulo 2^k (chi-square over 16 buckets of the top bits). With the masks
+    switched off the same test sees the quantized updates plainly."""
+    from scipy import stats
+
+    from mpc import secagg
+    real = fedavg.ROLES["server"]
+    seen: list[tuple[bytes, int]] = []
+
+    class Spy:
+        def __init__(self, channel):
+            self._channel = channel
+
+        def __getattr__(self, name):
+            return getattr(self._channel, name)
+
+        async def recv(self, frm, kind, timeout=None, **kw):
+            got = await self._channel.recv(frm, kind, timeout, **kw)
+            if kind == "fedavg.masked":
+                seen.append(bytes(got["y"]))
+            return got
+
+    async def server(ctx):
+        return await real(dataclasses.replace(ctx, channel=Spy(ctx.channel)))
+
+    monkeypatch.setitem(fedavg.ROLES, "server", server)
+    if not masks:
+        monkeypatch.setattr(fedavg.secagg, "masked_input", lambda x, k, b, pairs: x.copy())
+    await run_session("fedavg", roles(6), {**SMALL, "rounds": 1})
+    assert len(seen) == 6
+    cfg = fedavg.FedAvgParams.from_dict(SMALL)
+    k = fedavg.quantizer(cfg).modulus_bits(6)
+    dim = len(seen[0]) * 8 // k
+    pvalues = []
+    for data in seen:
+        y = secagg.unpack(data, k, dim)
+        counts = np.bincount((y >> np.uint64(k - 4)).astype(np.int64), minlength=16)
+        pvalues.append(stats.chisquare(counts).pvalue)
+    if masks:
+        assert min(pvalues) > 1e-4, pvalues
+    else:
+        assert max(pvalues) < 1e-10, pvalues

@@ -84,3 +84,30 @@ def test_run_parties_fedavg_with_dropout(tmp_path):
     assert in_sum[0] == in_sum[1] and in_sum[0][-1] <= 8 and sum(in_sum[0]) < 24, in_sum
     assert "all from the planned crashes" in out.stdout and (run_dir / "fedavg.png").exists()
     assert "SecAgg+ accuracy" in out.stdout and "seconds per round and stage" in out.stdout
+
+
+def test_a_server_that_sends_its_own_mask_key_is_refused(broker_factory, monkeypatch):
+    """Keys travel client to client, signed by the sender: a server can only send a key as
+    itself, and a client refuses a key message from the server (conformance). The forged
+    keys never enter a mask: the round completes, exactly as plain FedAvg."""
+    import os
+    monkeypatch.setenv("CONFIDANT_PROTOCOLS", f"{os.environ.get('CONFIDANT_PROTOCOLS', '')},"
+                                              "fedavg=tests.malicious_fedavg")
+    b = broker_factory("amqtt", PARTIES)
+    results = _run(b, {"rounds": 1, "secagg": True}, None)
+    for name in CLIENTS:
+        lines = [json.loads(x) for x in (b.run_dir / "transcripts" / f"{name}.jsonl").read_text().splitlines()]
+        refused = [ln for ln in lines if ln.get("event") == "rejected"]
+        assert [ln["reason"] for ln in refused] == ["conformance"], (name, refused)
+        assert results[name]["result"]["rounds"][0]["clients_in_sum"] == 5
+    models = [state(b.run_dir, n)["fedavg_model"] for n in CLIENTS]
+    assert all(np.array_equal(m, models[0]) for m in models)
+    monkeypatch.setenv("CONFIDANT_PROTOCOLS", os.environ["CONFIDANT_PROTOCOLS"].replace(
+        ",fedavg=tests.malicious_fedavg", ""))
+    _run(b, {"rounds": 1, "secagg": False}, None)
+    assert np.max(np.abs(models[0] - state(b.run_dir, "c01")["fedavg_model"])) < 3 * STEP
+    report = audit_run(b.run_dir)
+    assert sum(i.code == "rejected" for i in report.issues) == len(CLIENTS)
+    # and the audit convicts the server: its transcript shows the messages no rule allows
+    assert report.errors and all("fedavg.keys' server->" in e.message or "from server" in e.message
+                                 for e in report.errors), report.errors
