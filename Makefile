@@ -4,7 +4,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint clean mosquitto
+.PHONY: venv demo test bench lint clean mosquitto flower
+FLOWER := .venv-flower
 
 venv: $(STAMP)
 
@@ -38,11 +39,20 @@ demo: venv
 test: venv mosquitto
 	$(PY) -m pytest -q
 
-bench: venv
+bench: venv mosquitto flower
 	$(PY) -m benchmarks
+
+# Flower (flwr), in a venv of its own: the anchor of benchmarks/bench_secagg.py. Its
+# dependencies (grpcio, protobuf, fastapi, ...) stay out of Confidant's environment.
+flower: $(FLOWER)/.installed
+
+$(FLOWER)/.installed:
+	python3 -m venv $(FLOWER)
+	$(FLOWER)/bin/python -m pip install --quiet flwr==1.42.0
+	touch $@
 
 lint: venv
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(FLOWER) runs .pytest_cache
