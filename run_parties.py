@@ -52,6 +52,16 @@ class Scenario:
     ledgers: dict[str, Path] = field(default_factory=dict)           # for the audit
     report: Callable[[Path, dict], None] | None = None                # after the session: plots
     drills: dict[str, str] = field(default_factory=dict)   # party -> KIND:N of its planned crash
+    light: tuple[str, int] | None = None   # (role, n): that role's parties run n to a process
+
+    def processes(self) -> list[list[str]]:
+        """The parties each OS process runs: one each, or light ones n to a process."""
+        if self.light is None:
+            return [[name] for name, _ in self.parties]
+        role, n = self.light
+        light = [name for name, r in self.parties if r == role]
+        return ([light[i:i + n] for i in range(0, len(light), n)]
+                + [[name] for name, r in self.parties if r != role])
 
 
 # name -> (help, add_arguments(parser), build(args) -> list[Scenario]); one block per scenario
@@ -335,6 +345,12 @@ def _fedavg_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l2-clip", type=float, default=1.0, help="with --dp-epsilon: L2 bound of an update")
     p.add_argument("--budget", type=float, default=10.0,
                    help="with --dp-epsilon: each client's epsilon budget (its ledger)")
+    p.add_argument("--synthetic-dim", type=int, default=0,
+                   help="light clients: no data or training, public synthetic updates of this "
+                        "dimension, checked against the plain mean (scale runs)")
+    p.add_argument("--clients-per-process", type=int, default=1,
+                   help="run this many clients in each OS process (each with its own identity "
+                        "and MQTT connection); for many light clients")
     p.add_argument("--clip", type=float, default=0.5, help="update coordinates clipped to +-clip")
     p.add_argument("--bits", type=int, default=16, help="quantization bits per coordinate")
     p.add_argument("--model", default="mlp", choices=["mlp", "logreg"])
@@ -394,7 +410,11 @@ def fedavg(args: argparse.Namespace) -> list[Scenario]:
               "model": args.model, "hidden": args.hidden, "epochs": args.epochs, "lr": args.lr,
               "batch": args.batch, "seed": args.seed, "data_seed": args.seed,
               "dp_epsilon": args.dp_epsilon, "delta": args.delta, "l2_clip": args.l2_clip,
-              "epsilon_budget": args.budget}
+              "epsilon_budget": args.budget, "synthetic_dim": args.synthetic_dim}
+    if args.clients_per_process < 1:
+        raise SystemExit("--clients-per-process must be >= 1")
+    if args.clients_per_process > 1 and args.dropout:
+        raise SystemExit("--dropout crashes a client's process: use --clients-per-process 1 with it")
     kinds = ([] if args.no_secagg else [True]) + ([] if args.no_baseline and not args.no_secagg else [False])
     clients = [f"client{i:02d}" for i in range(1, args.clients + 1)]
     parties = [(c, "client") for c in clients] + [("server", "server")]
@@ -423,7 +443,8 @@ def fedavg(args: argparse.Namespace) -> list[Scenario]:
         return {v: f"fedavg.update:{r}" for v, r in late.items() if r <= args.rounds}
 
     return [Scenario("fedavg", parties, {**params, "secagg": k}, same_run_dir=i > 0, report=report,
-                     drills=drills(k)) for i, k in enumerate(kinds)]
+                     drills=drills(k), light=("client", args.clients_per_process)
+                     if args.clients_per_process > 1 else None) for i, k in enumerate(kinds)]
 
 
 # CaPC is for a data-poor querying party: the demo's QP keeps 50 labelled points and buys
@@ -447,10 +468,11 @@ async def _pump(stream: asyncio.StreamReader, name: str) -> None:
     async for raw in stream:
         line = raw.decode(errors="replace").strip()
         try:
-            msg = json.loads(line)["progress"]
+            obj = json.loads(line)
+            msg, who = obj["progress"], obj.get("party", name)
         except (ValueError, KeyError, TypeError):
-            msg = line
-        console.print(f"  [cyan]{name:>12}[/] {msg}")
+            msg, who = line, name
+        console.print(f"  [cyan]{who:>12}[/] {msg}")
 
 
 async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeout: float,
@@ -473,6 +495,7 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
     params_file = run_dir / f"params-{scenario.protocol}.json"
     params_file.write_text(json.dumps(scenario.params))
     procs: dict[str, asyncio.subprocess.Process] = {}
+    groups = {(g[0] if len(g) == 1 else f"{g[0]}-{g[-1]}"): g for g in scenario.processes()}
     pumps = []
     import protocols
     insecure = protocols.check_params(scenario.protocol, scenario.params).insecure()
@@ -481,11 +504,12 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
     for name, _ in scenario.parties:  # an earlier session's result must not stand in for this one
         (run_dir / "results" / f"{name}.json").unlink(missing_ok=True)
     try:
-        for name, _ in scenario.parties:
+        for name, group in groups.items():
             log = open(run_dir / "logs" / f"{name}.log", "ab")
+            key = run_dir / "keys" / (f"{name}.key" if len(group) == 1 else "")
             procs[name] = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "parties.party", "--deployment", str(run_dir / "deployment.toml"),
-                "--name", name, "--key", str(run_dir / "keys" / f"{name}.key"),
+                "--name", ",".join(group), "--key", str(key),
                 "--protocol", scenario.protocol, "--session", session,
                 "--params", f"@{params_file}", "--workdir", str(run_dir),
                 *scenario.extra_args.get(name, []),
@@ -507,14 +531,15 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
             await p.wait()
         await asyncio.gather(*pumps, return_exceptions=True)
     records = {}
+    process_of = {member: label for label, group in groups.items() for member in group}
     for name, _ in scenario.parties:
         path = run_dir / "results" / f"{name}.json"
-        code = procs[name].returncode
+        code = procs[process_of[name]].returncode
         records[name] = (json.loads(path.read_text()) if path.exists() else
                          {"party": name, "ok": False, "error": (
                              f"crashed as planned (crash drill: before {scenario.drills[name]})"
                              if name in scenario.drills and code == -signal.SIGKILL else
-                             f"exited with code {code} and no result; see logs/{name}.log")})
+                             f"exited with code {code} and no result; see logs/{process_of[name]}.log")})
     return {"protocol": scenario.protocol, "session": session, "deployment": deployment.name,
             "parties": records}
 

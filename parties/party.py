@@ -173,7 +173,9 @@ def epilog() -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deployment", required=True, help="deployment file (TOML)")
-    parser.add_argument("--name", required=True, help="this party's name in the deployment")
+    parser.add_argument("--name", required=True,
+                        help="this party's name in the deployment; several, comma-separated, run "
+                             "as light parties in one process (then --key is their key directory)")
     parser.add_argument("--key", required=True, help="this party's private key file")
     parser.add_argument("--protocol", required=True, help="protocol to run, e.g. hcsetup")
     parser.add_argument("--session", required=True,
@@ -220,17 +222,30 @@ def run(args: argparse.Namespace) -> int:
                         format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
     import protocols
 
+    names = args.name.split(",")
     try:
         deployment = Deployment.load(args.deployment)
-        keys = PrivateKeys.load(args.key)
-        if keys.name != args.name:
-            raise DeploymentError(f"key file {args.key} belongs to '{keys.name}', not '{args.name}'")
-        deployment.check_keys(keys)
+        if len(names) > 1:   # light parties sharing one process (e.g. 100 FedAvg clients)
+            if args.crash_before or args.tls_cert or args.ledger:
+                raise ValueError("several --name values cannot take --crash-before, --tls-cert or "
+                                 "--ledger (each party needs its own process for those)")
+            if not Path(args.key).is_dir():
+                raise ValueError("with several --name values, --key is the directory holding "
+                                 "NAME.key for each")
+            key_files = [Path(args.key) / f"{n}.key" for n in names]
+        else:
+            key_files = [Path(args.key)]
+        all_keys = [PrivateKeys.load(f) for f in key_files]
+        for name, keys, path in zip(names, all_keys, key_files, strict=True):
+            if keys.name != name:
+                raise DeploymentError(f"key file {path} belongs to '{keys.name}', not '{name}'")
+            deployment.check_keys(keys)
         text = Path(args.params[1:]).read_text() if args.params.startswith("@") else args.params
         params = json.loads(text)
         if not isinstance(params, dict):
             raise ValueError("parameters must be a JSON object")
-        protocols.role_function(args.protocol, deployment.role_of(args.name))
+        for name in names:
+            protocols.role_function(args.protocol, deployment.role_of(name))
         client_cert = _client_cert(args.tls_cert, args.tls_key, deployment)
         crash = CrashPlan.parse(args.crash_before) if args.crash_before else None
         typed = protocols.check_params(args.protocol, params)  # bad parameters fail before connecting
@@ -249,23 +264,31 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(args.deployment).resolve().parent
     import torch  # the runner owns process-wide state; protocols never set it
     torch.set_num_threads(max(1, args.torch_threads))
+    async def run_all() -> list:
+        return await asyncio.gather(*(
+            run_party(deployment, keys, args.protocol, args.session, params, workdir,
+                      args.peer_timeout, Path(args.ledger) if args.ledger else None,
+                      insecure=insecure, client_cert=client_cert, crash=crash)
+            for keys in all_keys), return_exceptions=True)
+
     try:
-        record = asyncio.run(run_party(deployment, keys, args.protocol, args.session, params,
-                                       workdir, args.peer_timeout,
-                                       Path(args.ledger) if args.ledger else None,
-                                       insecure=insecure, client_cert=client_cert, crash=crash))
-    except ChannelError as e:
-        print(f"confidant party {args.name}: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except DeploymentError as e:  # e.g. a session id this party already completed
-        print(f"confidant party {args.name}: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        outcomes = asyncio.run(run_all())
     except KeyboardInterrupt:
         return EXIT_FAILED
-    if not record["ok"]:
-        print(f"confidant party {args.name}: {record['error']}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+    code = EXIT_OK
+    for name, outcome in zip(names, outcomes, strict=True):
+        if isinstance(outcome, DeploymentError):  # e.g. a session id this party already completed
+            print(f"confidant party {name}: {outcome}", file=sys.stderr)
+            code = max(code, EXIT_USAGE)
+        elif isinstance(outcome, ChannelError):
+            print(f"confidant party {name}: {outcome}", file=sys.stderr)
+            code = max(code, EXIT_FAILED)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        elif not outcome["ok"]:
+            print(f"confidant party {name}: {outcome['error']}", file=sys.stderr)
+            code = max(code, EXIT_FAILED)
+    return code
 
 
 def main() -> None:

@@ -206,11 +206,14 @@ def fedavg_report(run_dir: Path, sessions: dict[str, dict]) -> dict | None:
         return None
     names = {"secagg": "SecAgg+", "plain": "plain FedAvg"}
     cfg = next(iter(curves.values()))["config"]
-    table = Table(title=f"fedavg: {cfg['dataset']}, {cfg['split']}, test accuracy per round "
-                        "(common held-out set)")
+    synthetic = bool(cfg.get("synthetic_dim"))
+    quality = "max error vs the plain mean" if synthetic else "accuracy"
+    table = Table(title=(f"fedavg: light clients, synthetic updates of dimension {cfg['synthetic_dim']:,}"
+                         if synthetic else f"fedavg: {cfg['dataset']}, {cfg['split']}, test accuracy "
+                         "per round (common held-out set)"))
     table.add_column("round", justify="right")
     for k in curves:
-        table.add_column(f"{names[k]} accuracy", justify="right")
+        table.add_column(f"{names[k]} {quality}", justify="right")
         table.add_column(f"{names[k]} clients in sum", justify="right")
     for k in curves:
         table.add_column(f"{names[k]} dropped", justify="left")
@@ -218,7 +221,8 @@ def fedavg_report(run_dir: Path, sessions: dict[str, dict]) -> dict | None:
         row = [str(i + 1)]
         for c in curves.values():
             ok = i < len(c["accuracy"])
-            row += [f"{c['accuracy'][i]:.4f}" if ok else "", str(c["server"][i]["clients"]) if ok else ""]
+            shown = (f"{c['server'][i]['max_error']:.2e}" if synthetic else f"{c['accuracy'][i]:.4f}")
+            row += [shown if ok else "", str(c["server"][i]["clients"]) if ok else ""]
         row += [", ".join(c["server"][i]["dropped"]) if i < len(c["server"]) else "" for c in curves.values()]
         table.add_row(*row)
     console.print(table)
@@ -236,7 +240,8 @@ def fedavg_report(run_dir: Path, sessions: dict[str, dict]) -> dict | None:
         stage_table.add_row(names[k], "server", "whole round", f"{mean(r['seconds'] for r in rounds):.4f}")
     console.print(stage_table)
     for k, c in curves.items():
-        console.print(f"{names[k]}: final accuracy {c['accuracy'][-1]:.4f}; each client sent "
+        console.print(f"{names[k]}: " + ("" if synthetic else f"final accuracy {c['accuracy'][-1]:.4f}; ")
+                      + f"each client sent "
                       f"{c['bytes_per_round']:,.0f} B per round (all messages, envelopes included; "
                       f"the float64 model the server returns is {c['model_bytes']:,} B)")
     for k, c in curves.items():
@@ -246,6 +251,10 @@ def fedavg_report(run_dir: Path, sessions: dict[str, dict]) -> dict | None:
                           f"{dp['l2_clip']:g}): target epsilon {dp['target_epsilon']:g}, released sums "
                           f"cost epsilon {dp['epsilon']:.4g} (delta {dp['delta']:g})"
                           + (f"; each client's ledger: {c['ledger_epsilon']:.4g}" if c["ledger_epsilon"] else ""))
+    if synthetic:
+        step = curves[next(iter(curves))]["server"][0].get("quantization_step")
+        console.print(f"quantization step: {step:.2e} (SecAgg+'s error must stay below it)" if step else "")
+        return {k: {"max_error": [r.get("max_error") for r in c["server"]]} for k, c in curves.items()}
     if len(curves) == 2:
         gap = max(abs(a - b) for a, b in zip(curves["secagg"]["accuracy"], curves["plain"]["accuracy"], strict=False))
         why = ("each run draws its own DP noise" if cfg.get("dp_epsilon") else

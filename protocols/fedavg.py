@@ -98,6 +98,7 @@ class FedAvgParams(Params):
     delta: float = 1e-5
     l2_clip: float = 1.0              # with dp_epsilon: each update clipped to this L2 norm
     epsilon_budget: float = 10.0      # each client's ledger (secagg with dp_epsilon)
+    synthetic_dim: int = 0            # > 0: light clients with public synthetic updates (scale runs)
 
     def check(self) -> list[str]:
         checks = [
@@ -112,6 +113,7 @@ class FedAvgParams(Params):
              "dropout and corrupt must be fractions in [0, 0.5)"),
             (self.dp_epsilon is None or self.dp_epsilon > 0, "dp_epsilon must be > 0 (or null: no DP)"),
             (0 < self.delta < 1 and self.l2_clip > 0, "delta must be in (0, 1) and l2_clip > 0"),
+            (self.synthetic_dim >= 0, "synthetic_dim must be >= 0 (0: train on data)"),
             (not self.dp_epsilon or not self.secagg or self.dp_epsilon <= self.epsilon_budget,
              f"a run of epsilon {self.dp_epsilon} exceeds each client's budget "
              f"{self.epsilon_budget}: raise epsilon_budget deliberately"),
@@ -298,21 +300,66 @@ async def _secure_round(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSetup, 
             "stages": clock.laps}
 
 
+class _Trainer:
+    """A client's model and data: trains a round, applies the aggregate, evaluates."""
+
+    def __init__(self, cfg: FedAvgParams, clients: list[str], index: int, me: str):
+        try:
+            self.x, self.y, self.x_test, self.y_test, classes = federated_shard(
+                cfg.dataset, len(clients), index, split=cfg.split, seed=cfg.data_seed, alpha=cfg.alpha)
+        except DatasetError as e:
+            raise ParameterError(f"{NAME}: {e}") from None
+        if len(self.y) > cfg.max_weight:
+            raise ParameterError(f"{NAME}: client '{me}' has {len(self.y)} samples, more than "
+                                 f"max_weight {cfg.max_weight}; raise max_weight")
+        self.cfg, self.index, self.samples = cfg, index, len(self.y)
+        self.model = initial_model(cfg, self.x.shape[1], classes)
+
+    def round_update(self, r: int) -> np.ndarray:
+        self.w0 = get_flat(self.model).astype(np.float64)
+        train(self.model, self.x, self.y, epochs=self.cfg.epochs, lr=self.cfg.lr,
+              batch_size=self.cfg.batch, optimizer="sgd", seed=round_seed(self.cfg.seed, self.index, r))
+        return get_flat(self.model).astype(np.float64) - self.w0
+
+    def apply(self, mean: np.ndarray) -> dict:
+        set_flat(self.model, (self.w0 + mean).astype(np.float32))
+        acc, loss = evaluate(self.model, self.x_test, self.y_test)
+        return {"accuracy": round(acc, 4), "loss": round(loss, 4)}
+
+    def final(self) -> dict:
+        return {"fedavg_model": get_flat(self.model)}
+
+
+class _SyntheticClient:
+    """A light client for scale runs: no data and no training; its update in round r is a
+    public pseudo-random vector (seeded by its index and r), so the server can check the
+    aggregate against the plain mean (``synthetic_update``)."""
+
+    def __init__(self, cfg: FedAvgParams, index: int):
+        self.cfg, self.index, self.samples = cfg, index, 1
+
+    def round_update(self, r: int) -> np.ndarray:
+        return synthetic_update(self.cfg, self.index, r)
+
+    def apply(self, mean: np.ndarray) -> dict:
+        return {"accuracy": None}
+
+    def final(self) -> dict:
+        return {}
+
+
+def synthetic_update(cfg: FedAvgParams, index: int, r: int) -> np.ndarray:
+    """Public test data, not a secret: numpy's seeded generator is right here."""
+    return np.random.default_rng([cfg.seed, index, r]).uniform(-cfg.clip, cfg.clip, cfg.synthetic_dim)
+
+
 async def client(ctx: RoleContext) -> RoleResult:
     cfg = FedAvgParams.from_dict(ctx.params)
     clients = ctx.with_role("client")
     server = ctx.one_with_role("server")
     index = clients.index(ctx.me)
     chatty = index == 0
-    try:
-        x, y, x_test, y_test, classes = federated_shard(cfg.dataset, len(clients), index,
-                                                        split=cfg.split, seed=cfg.data_seed, alpha=cfg.alpha)
-    except DatasetError as e:
-        raise ParameterError(f"{NAME}: {e}") from None
-    if len(y) > cfg.max_weight:
-        raise ParameterError(f"{NAME}: client '{ctx.me}' has {len(y)} samples, more than max_weight "
-                             f"{cfg.max_weight}; raise max_weight")
-    model = initial_model(cfg, x.shape[1], classes)
+    learner = _SyntheticClient(cfg, index) if cfg.synthetic_dim else _Trainer(cfg, clients, index, ctx.me)
     q = quantizer(cfg)
     rng = randomness.generator()     # stochastic rounding: OS-seeded
     ch = ctx.channel
@@ -320,11 +367,8 @@ async def client(ctx: RoleContext) -> RoleResult:
     alive = list(clients)      # the round's clients: all at first, then those in the last sum
     for r in range(cfg.rounds):
         t0 = time.perf_counter()
-        w0 = get_flat(model)
-        train(model, x, y, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch, optimizer="sgd",
-              seed=round_seed(cfg.seed, index, r))
+        change = learner.round_update(r)
         train_s = time.perf_counter() - t0
-        change = get_flat(model).astype(np.float64) - w0.astype(np.float64)
         if cfg.secagg:
             setup = round_setup(cfg, alive, ch.session, r, change.size)
             if setup.dp:
@@ -333,7 +377,7 @@ async def client(ctx: RoleContext) -> RoleResult:
                 x_in = setup.dp.encode(change, rng, noise).astype(np.uint64)   # two's complement
                 x_in &= secagg.modulus_mask(setup.k)
             else:
-                x_in = q.encode(change, len(y), rng)
+                x_in = q.encode(change, learner.samples, rng)
             seen = await _secure_round(ctx, cfg, setup, server, x_in)
         elif cfg.dp_epsilon:      # central DP: clipped, unweighted; the server adds the noise
             norm = float(np.linalg.norm(change))
@@ -342,7 +386,7 @@ async def client(ctx: RoleContext) -> RoleResult:
             seen = {}
         else:
             await ch.send(server, f"{NAME}.update", {"round": r, "change": change.astype(np.float32),
-                                                     "weight": len(y)})
+                                                     "weight": learner.samples})
             seen = {}
         reply = await ch.recv(server, f"{NAME}.model", cfg.timeout)
         if reply.get("round") != r:
@@ -352,22 +396,21 @@ async def client(ctx: RoleContext) -> RoleResult:
         alive = list(reply["clients"])
         if ctx.me not in alive:
             raise ProtocolError(f"round {r + 1}: the server left me out of the sum (too slow?)")
-        mean = np.asarray(reply["mean"], dtype=np.float64)
-        set_flat(model, (w0.astype(np.float64) + mean).astype(np.float32))
-        acc, loss = evaluate(model, x_test, y_test)
-        rounds.append({"round": r + 1, "accuracy": round(acc, 4), "loss": round(loss, 4),
-                       "clients_in_sum": len(alive), **seen, "train_seconds": round(train_s, 4),
-                       "seconds": round(time.perf_counter() - t0, 4)})
+        quality = learner.apply(np.asarray(reply["mean"], dtype=np.float64))
+        rounds.append({"round": r + 1, **quality, "clients_in_sum": len(alive), **seen,
+                       "train_seconds": round(train_s, 4), "seconds": round(time.perf_counter() - t0, 4)})
         ctx.partial["rounds"] = rounds
         if chatty:
-            ctx.progress(f"round {r + 1}/{cfg.rounds}: test accuracy {acc:.3f} "
-                         f"({len(alive)} clients in the sum)")
+            ctx.progress(f"round {r + 1}/{cfg.rounds}: "
+                         + (f"test accuracy {quality['accuracy']:.3f} " if quality["accuracy"] is not None
+                            else "")
+                         + f"({len(alive)} clients in the sum)")
     budget = ctx.resources.budget if cfg.dp_epsilon and cfg.secagg else None
-    return RoleResult({"role": "client", "secagg": cfg.secagg, "samples": len(y),
+    return RoleResult({"role": "client", "secagg": cfg.secagg, "samples": learner.samples,
                        "final_accuracy": rounds[-1]["accuracy"], "rounds": rounds,
                        "ledger_epsilon": budget.epsilon_spent() if budget else None,
                        "config": cfg.to_dict()},
-                      private={"fedavg_model": get_flat(model)})
+                      private=learner.final())
 
 
 def _charge(ctx: RoleContext, dp: skellam.SkellamEncoding, what: str) -> None:
@@ -479,11 +522,14 @@ async def _aggregate_secure(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSet
 async def server(ctx: RoleContext) -> RoleResult:
     cfg = FedAvgParams.from_dict(ctx.params)
     clients = ctx.with_role("client")
-    try:
-        data = load_table(cfg.dataset, seed=cfg.data_seed)
-    except DatasetError as e:
-        raise ParameterError(f"{NAME}: {e}") from None
-    dim = get_flat(initial_model(cfg, data.x_train.shape[1], data.num_classes)).size
+    if cfg.synthetic_dim:
+        dim = cfg.synthetic_dim
+    else:
+        try:
+            data = load_table(cfg.dataset, seed=cfg.data_seed)
+        except DatasetError as e:
+            raise ParameterError(f"{NAME}: {e}") from None
+        dim = get_flat(initial_model(cfg, data.x_train.shape[1], data.num_classes)).size
     q = quantizer(cfg)
     alive = list(clients)
     stats = []
@@ -535,7 +581,12 @@ async def server(ctx: RoleContext) -> RoleResult:
         for name in alive:
             await ctx.channel.send(name, f"{NAME}.model", {"round": r, "mean": mean.astype(np.float64),
                                                           "clients": alive})
-        stats.append({"round": r + 1, "clients": len(alive), "dropped": dropped, "weight": weight,
+        check = {}
+        if cfg.synthetic_dim:     # public updates: check the aggregate against the plain mean
+            plain = np.mean([synthetic_update(cfg, clients.index(c), r) for c in in_sum], axis=0)
+            check = {"max_error": float(np.max(np.abs(mean - plain))),
+                     "quantization_step": 2 * cfg.clip / q.levels}
+        stats.append({"round": r + 1, "clients": len(alive), "dropped": dropped, "weight": weight, **check,
                       "stages": stages, "seconds": round(time.perf_counter() - t0, 4),
                       **({"epsilon": round(realized_epsilon(cfg, r + 1, mus, sigma,
                                                               setup.dp if cfg.secagg else None), 4)}

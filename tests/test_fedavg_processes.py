@@ -111,3 +111,32 @@ def test_a_server_that_sends_its_own_mask_key_is_refused(broker_factory, monkeyp
     # and the audit convicts the server: its transcript shows the messages no rule allows
     assert report.errors and all("fedavg.keys' server->" in e.message or "from server" in e.message
                                  for e in report.errors), report.errors
+
+
+@pytest.mark.mosquitto
+def test_light_clients_many_to_a_process_through_mosquitto(tmp_path):
+    """Scale mode: 40 light clients (own identity and MQTT connection each, 20 to a
+    process, synthetic public updates), SecAgg+ through one Mosquitto: the aggregate
+    matches the plain mean within the quantization step in every round."""
+    from tests.mosquitto_fixture import HAVE_MOSQUITTO, SKIP_REASON, start_mosquitto, stop_mosquitto
+    if not HAVE_MOSQUITTO:
+        pytest.skip(SKIP_REASON)
+    conf = tmp_path / "broker"
+    conf.mkdir()
+    (conf / "mosquitto.conf").write_text("listener 1883 127.0.0.1\nallow_anonymous true\n")
+    port, proc = start_mosquitto(conf)
+    try:
+        cmd = [sys.executable, str(ROOT / "run_parties.py"), "--runs-dir", str(tmp_path), "--timeout", "300",
+               "--broker", f"mqtt://127.0.0.1:{port}", "fedavg", "--clients", "40", "--rounds", "2",
+               "--synthetic-dim", "2000", "--clients-per-process", "20", "--no-baseline"]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    finally:
+        stop_mosquitto(proc)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    run_dir = Path(out.stdout.strip().splitlines()[-1])
+    session = json.loads((run_dir / "results.json").read_text())
+    assert len(list((run_dir / "logs").glob("client*.log"))) == 2      # two client processes
+    rounds = session["parties"]["server"]["result"]["rounds"]
+    assert [r["clients"] for r in rounds] == [40, 40]
+    assert all(r["max_error"] < r["quantization_step"] for r in rounds), rounds
+    assert session["audit"]["errors"] == 0
