@@ -13,6 +13,7 @@ client's largest possible input cannot wrap.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -203,6 +204,7 @@ class GraphChoice:
     how: str            # why these values: which bound decided
 
 
+@functools.lru_cache(maxsize=256)   # pure, and asked by every party every round
 def choose_graph(n: int, dropout: float, corrupt: float, security_bits: int = 40,
                  failure_bits: int = 20) -> GraphChoice:
     """The smallest degree k and a Shamir threshold t (of k neighbours) such that:
