@@ -431,6 +431,7 @@ def realized_epsilon(cfg: FedAvgParams, rounds: int, mus: list[float], sigma: fl
         return gaussian.epsilon(rounds, sigma, cfg.delta)
     return skellam.epsilon_of(mus, dp.l1, dp.l2, cfg.delta)
 
+
 async def _gather(ctx: RoleContext, names: list[str], kind: str, timeout: float) -> dict[str, dict]:
     """Each named client's message of ``kind`` within ``timeout`` for the whole stage;
     clients that dropped or were too slow are left out."""
