@@ -48,7 +48,7 @@ def _run(b, params: dict, crash: str | None) -> dict[str, dict]:
 
 @pytest.mark.parametrize("broker,stage", [
     *[("amqtt", s) for s in STAGES],
-    *[pytest.param("mosquitto", s, marks=pytest.mark.mosquitto) for s in ("shares", "unmask")]])
+    pytest.param("mosquitto", "shares", marks=pytest.mark.mosquitto)])
 def test_a_client_crashing_at_each_stage_is_left_out_exactly(broker_factory, broker, stage):
     b = broker_factory(broker, PARTIES)
     secure = _run(b, {"secagg": True}, f"fedavg.{stage}:{STAGES[stage]}")

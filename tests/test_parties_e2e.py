@@ -385,11 +385,14 @@ def test_run_parties_simulation_and_ctrl_c(tmp_path):
     assert "audit: clean" in done.stdout
 
     slow = tmp_path / "interrupted"
-    proc = subprocess.Popen([PY, "run_parties.py", "--runs-dir", str(slow), "argmax2pc"],
+    # a session that runs for minutes (a 2PC argmax ended within a second under load, before
+    # the interrupt came)
+    proc = subprocess.Popen([PY, "run_parties.py", "--runs-dir", str(slow), "fedavg", "--clients", "3",
+                             "--rounds", "500", "--model", "logreg", "--no-baseline"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
-        while len(_processes_mentioning(str(slow))) < 4:  # the runner and its 3 parties
+        while len(_processes_mentioning(str(slow))) < 5:  # the runner and its 4 parties
             assert time.monotonic() < deadline and proc.poll() is None, "parties never started"
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
