@@ -395,8 +395,9 @@ def test_run_parties_simulation_and_ctrl_c(tmp_path):
         while len(_processes_mentioning(str(slow))) < 5:  # the runner and its 4 parties
             assert time.monotonic() < deadline and proc.poll() is None, "parties never started"
             time.sleep(0.05)
+        time.sleep(2)   # the last party's spawn has returned (its process shows up before)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
