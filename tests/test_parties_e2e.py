@@ -389,7 +389,10 @@ def test_run_parties_simulation_and_ctrl_c(tmp_path):
     # the interrupt came)
     proc = subprocess.Popen([PY, "run_parties.py", "--runs-dir", str(slow), "fedavg", "--clients", "3",
                              "--rounds", "500", "--model", "logreg", "--no-baseline"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # a job started in the background by a non-interactive shell (as a CI
+                            # script may) inherits SIGINT ignored: give the runner a terminal's default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while len(_processes_mentioning(str(slow))) < 5:  # the runner and its 4 parties
