@@ -24,7 +24,9 @@ from learning.datasets import load_table
 from learning.dssgd import centralized_accuracy, select_largest, upload_count
 from learning.models import public_mlp
 from learning.training import get_flat
+from mpc import randomness, secagg
 from privacy.svt import svt_upload
+from protocols.fedavg import FedAvgParams, quantizer, round_setup
 from protocols.runner import run_session
 
 from .results_io import one_torch_thread, write_json
@@ -119,24 +121,66 @@ def leakage(victims: int, progress) -> tuple[list[dict], dict]:
                                            for j in range(victims)]))
         images[label] = recs_t
         progress(f"leakage {label}: SSIM {np.mean(own):.3f}")
-    # what a secure aggregate of 10 such uploads reveals: their sum
-    total = torch.zeros(dim)
+    # what a SecAgg+ aggregate of 10 such uploads reveals: their sum, and with distributed DP
+    # a noisy sum; the same first-layer attack, on every hidden unit's row
+    changes = []
     for i in range(10):
         m = public_mlp("mlp", 64, 10, 32, 0)
         opt = torch.optim.SGD(m.parameters(), lr=lr)
         torch.nn.functional.cross_entropy(m(x[i:i + 1]), y[i:i + 1]).backward()
         opt.step()
-        total += torch.as_tensor(get_flat(m).astype(np.float64) - w0, dtype=torch.float32)
-    # every hidden unit's row gives a candidate image dW[u] / db[u]; a unit that only one
-    # of the 10 examples switched on gives that example back
+        changes.append(get_flat(m).astype(np.float64) - w0)
+    clip = float(np.median([np.linalg.norm(c) for c in changes]))
+    for label, eps in (("plain sum of 10 clients' uploads", None), ("SecAgg+ aggregate of 10 clients", None),
+                       ("SecAgg+ with distributed DP, eps 8 (one round)", 8.0),
+                       ("SecAgg+ with distributed DP, eps 1 (one round)", 1.0)):
+        total = (np.sum(changes, axis=0) if label.startswith("plain")
+                 else secagg_sum(changes, eps, clip))
+        rows.append(_attack_sum(torch.as_tensor(total, dtype=torch.float32), lr, label,
+                                images["original"][:10], control[:10]))
+        progress(f"leakage {label}: mean best SSIM {rows[-1]['ssim']:.3f}")
+    return rows, images
+
+
+def secagg_sum(changes: list[np.ndarray], dp_epsilon: float | None, l2_clip: float) -> np.ndarray:
+    """What a SecAgg+ server decodes from these clients' changes in one round, made with
+    protocols.fedavg's own round setup, encodings, masks and unmasking (transport aside, no
+    dropouts): the sum of the quantized changes, or with ``dp_epsilon`` of the clipped,
+    Skellam-noised ones (FedAvg's distributed DP for a one-round run)."""
+    names = [f"c{i:02d}" for i in range(len(changes))]
+    cfg = FedAvgParams(rounds=1, dp_epsilon=dp_epsilon, l2_clip=l2_clip, epsilon_budget=1e9)
+    setup = round_setup(cfg, names, "dssgd-leakage", 0, changes[0].size)
+    keys = {u: secagg.new_key() for u in names}
+    public = {u: secagg.public_bytes(keys[u]) for u in names}
+    self_seeds = {u: randomness.token_bytes(secagg.SEED_BYTES) for u in names}
+    rng = randomness.generator()
+    total = np.zeros(setup.length, dtype=np.uint64)
+    for u, change in zip(names, changes, strict=True):
+        if setup.dp:
+            noise = randomness.skellam(change.size, setup.dp.noise_per_client())
+            x_in = setup.dp.encode(change, rng, noise).astype(np.uint64) & secagg.modulus_mask(setup.k)
+        else:
+            x_in = quantizer(cfg).encode(change, 1, rng)
+        pairs = {v: (secagg.pair_seed(keys[u], public[v], setup.context, u, v), secagg.pair_sign(u, v))
+                 for v in setup.graph[u]}
+        np.add(total, secagg.masked_input(x_in, setup.k, self_seeds[u], pairs), out=total)
+    total = secagg.unmask(total, setup.k, list(self_seeds.values()), [])
+    if setup.dp:
+        return secagg.to_signed(total, setup.k) / setup.dp.scale
+    mean, weight = quantizer(cfg).decode_sum(total)
+    return mean * weight
+
+
+def _attack_sum(total: torch.Tensor, lr: float, setting: str, victims: torch.Tensor,
+                control: torch.Tensor) -> dict:
+    """Every hidden unit's row of the summed first layer gives a candidate image dW[u] / db[u];
+    a unit that only one of the examples switched on gives that example back. Each victim
+    is scored by its best candidate, and so is each control digit."""
     gw, gb = (-total[:64 * 32].reshape(32, 64) / lr), (-total[64 * 32:64 * 32 + 32] / lr)
     units = [(gw[u] / gb[u]).clamp(0, 1).reshape(1, 8, 8) for u in range(32) if gb[u].abs() > 1e-12]
-    best = [max(ssim(images["original"][j].numpy(), c.numpy()) for c in units) for j in range(10)]
-    rows.append(_leak_row("sum of 10 clients' uploads (what a secure aggregate reveals), best of its "
-                          f"{len(units)} unit images per client", best,
-                          [max(ssim(control[j].numpy(), c.numpy()) for c in units) for j in range(10)]))
-    progress(f"leakage sum of 10: mean best SSIM {np.mean(best):.3f}")
-    return rows, images
+    best = [max(ssim(v.numpy(), c.numpy()) for c in units) for v in victims]
+    return _leak_row(f"{setting}, best of its {len(units)} unit images per client", best,
+                     [max(ssim(v.numpy(), c.numpy()) for c in units) for v in control])
 
 
 def _leak_row(setting: str, own: list[float], control: list[float]) -> dict:

@@ -18,6 +18,11 @@
   announces it is (back) online, with how many of our envelopes it holds, we
   re-send it the rest (the broker may have lost them when it died). Receivers
   drop the duplicates by sequence number.
+* Order: each sender's messages reach the protocol in sequence order. One that
+  arrives after a gap is held; if the gap stays open for ``GAP_SECONDS`` (the
+  broker acknowledged a message but lost it), we republish our ``online``
+  presence, whose counts make every peer re-send what we miss. A protocol thus
+  never reads a later message in place of a lost one.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ OUTBOX_PER_PEER = 256          # envelopes kept per peer for re-sending after a 
 OUTBOX_BYTES_PER_PEER = 64 * 2**20   # ... and at most this many bytes of them (the newest is always kept)
 GONE_GRACE_SECONDS = 5.0        # how long a graceful 'offline' may wait for in-flight messages
 KEEPALIVE_SECONDS = 60
+GAP_SECONDS = 1.0               # how long a gap in a peer's sequence may stay open before we ask again
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -98,9 +104,12 @@ class MqttChannel(Channel):
         self._outbox_bytes: dict[str, int] = dict.fromkeys(self.peers, 0)
         self._sent: dict[str, int] = dict.fromkeys(self.peers, 0)
         self._received: dict[str, int] = dict.fromkeys(self.peers, 0)
-        # per peer: every seq below have[peer] arrived; early[peer]: seqs above that did
+        # per peer: every seq below have[peer] arrived and went to the protocol; held[peer]:
+        # seqs above that which arrived, each with its mailbox item (None: nothing to deliver)
         self._have: dict[str, int] = dict.fromkeys(self.peers, 0)
-        self._early: dict[str, set[int]] = {p: set() for p in self.peers}
+        self._held: dict[str, dict[int, tuple[str, bytes] | None]] = {p: {} for p in self.peers}
+        self._gap_timers: dict[str, asyncio.TimerHandle] = {}
+        self._asking: asyncio.Task | None = None
         self._pending_gone: dict[str, int] = {}
         self._online: set[str] = set()
         self._seen: set[str] = set()   # peers that announced themselves in this session
@@ -133,6 +142,8 @@ class MqttChannel(Channel):
             with contextlib.suppress(ChannelError):
                 await self._send_envelope(peer, "session", "end", b"", kind="bye")
         self._closing = True
+        for timer in self._gap_timers.values():
+            timer.cancel()
         client = self._client
         if client is not None and self._connected.is_set():
             with contextlib.suppress(aiomqtt.MqttError):
@@ -317,17 +328,46 @@ class MqttChannel(Channel):
             self.transcript.record("received", h, size=opened.size, digest=opened.digest,
                                    signature=opened.signature)
         self._received[h.sender] = self._received.get(h.sender, 0) + 1
-        early = self._early[h.sender]
-        early.add(h.seq)
-        while self._have[h.sender] in early:
-            early.discard(self._have[h.sender])
-            self._have[h.sender] += 1
-        if h.kind == "msg" and not why:
-            self.mailbox.put(h.sender, f"{h.protocol}.{h.step}", opened.payload)
+        self._held[h.sender][h.seq] = ((f"{h.protocol}.{h.step}", opened.payload)
+                                       if h.kind == "msg" and not why else None)
+        self._deliver_in_order(h.sender)
         pending = self._pending_gone.get(h.sender)
         if pending is not None and self._received[h.sender] >= pending:
             del self._pending_gone[h.sender]
             self.mailbox.mark_gone(h.sender)
+
+    def _deliver_in_order(self, peer: str) -> None:
+        held = self._held[peer]
+        while self._have[peer] in held:
+            item = held.pop(self._have[peer])
+            self._have[peer] += 1
+            if item is not None:
+                self.mailbox.put(peer, *item)
+        if held and peer not in self._gap_timers:
+            self._gap_timers[peer] = asyncio.get_running_loop().call_later(
+                GAP_SECONDS, self._on_gap, peer, self._have[peer])
+
+    def _on_gap(self, peer: str, missing: int) -> None:
+        """A gap in ``peer``'s sequence outlived GAP_SECONDS: ask for the rest again."""
+        del self._gap_timers[peer]
+        if not self._held[peer] or self._closing:
+            return
+        if self._have[peer] == missing:
+            log.warning("%s: message %d from '%s' is missing (later ones arrived); asking for it "
+                        "again", self.me, missing, peer)
+            client = self._client
+            if client is not None and self._connected.is_set():
+                self._asking = asyncio.get_running_loop().create_task(self._announce(client))
+        self._gap_timers[peer] = asyncio.get_running_loop().call_later(
+            GAP_SECONDS, self._on_gap, peer, self._have[peer])
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        """Publish 'online' with what we hold: each peer re-sends us the rest."""
+        try:
+            await client.publish(self.deployment.presence_topic(self.me), self._presence("online"),
+                                 qos=1, retain=True)
+        except aiomqtt.MqttError as e:
+            log.warning("%s: could not ask for missing messages (%s)", self.me, e)
 
     async def _on_presence(self, peer: str, data: bytes) -> None:
         if peer not in self.peers or not data:
