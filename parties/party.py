@@ -29,7 +29,7 @@ from mpc.channel import ChannelError, Conformance
 from .crash_drill import CrashingChannel, CrashPlan
 from .identity import Deployment, DeploymentError, PrivateKeys
 from .mqtt_channel import MqttChannel
-from .resources import open_resources
+from .resources import open_resources, read_own_data
 from .transcript import Transcript, sealed_sessions, transcript_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -70,7 +70,7 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
                     params: dict[str, Any], workdir: Path, peer_timeout: float = 60.0,
                     ledger_path: Path | None = None, insecure: list[str] | None = None,
                     client_cert: tuple[str, str] | None = None,
-                    crash: CrashPlan | None = None) -> dict:
+                    crash: CrashPlan | None = None, data=None) -> dict:
     """Connect, run this party's role of ``protocol``, and report. Returns the result record."""
     import protocols
     from protocols import RoleContext
@@ -105,7 +105,7 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
             progress("all peers online")
             with contextlib.ExitStack() as stack:
                 resources = open_resources(module, roles[name], name, workdir, params, stack,
-                                           ledger_path, signer=keys.sign_key)
+                                           ledger_path, signer=keys.sign_key, data=data)
                 ledger = resources.budget if hasattr(resources.budget, "head") else None
                 if ledger is not None:
                     recorded = transcript.last_ledger_head()
@@ -199,6 +199,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crash-before", metavar="KIND:N",
                         help="crash drill: SIGKILL this process instead of sending its N-th "
                              "message of KIND (e.g. fedavg.masked:2), as a real crash would")
+    parser.add_argument("--data", help="this party's own records (CSV with a header row, NPZ with "
+                             "x and y, or Parquet), checked against the study's 'data' parameter; "
+                             "with several --name values, a directory holding NAME.csv/.npz/.parquet")
     parser.add_argument("--log-level", default="WARNING")
 
 
@@ -249,6 +252,13 @@ def run(args: argparse.Namespace) -> int:
         client_cert = _client_cert(args.tls_cert, args.tls_key, deployment)
         crash = CrashPlan.parse(args.crash_before) if args.crash_before else None
         typed = protocols.check_params(args.protocol, params)  # bad parameters fail before connecting
+        data = args.data and Path(args.data)
+        if data is not None and len(names) > 1 and not data.is_dir():
+            raise ValueError("with several --name values, --data is the directory holding "
+                             "NAME.csv, .npz or .parquet for each")
+        # its own records, checked against the study before anything is sent
+        own = {name: read_own_data(protocols.load(args.protocol), deployment.role_of(name), name,
+                                   params, data) for name in names}
         insecure = typed.insecure()
         if insecure and not args.allow_insecure:
             raise ValueError("these parameters make the run insecure (" + "; ".join(insecure)
@@ -268,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
         return await asyncio.gather(*(
             run_party(deployment, keys, args.protocol, args.session, params, workdir,
                       args.peer_timeout, Path(args.ledger) if args.ledger else None,
-                      insecure=insecure, client_cert=client_cert, crash=crash)
+                      insecure=insecure, client_cert=client_cert, crash=crash, data=own[keys.name])
             for keys in all_keys), return_exceptions=True)
 
     try:

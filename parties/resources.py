@@ -28,11 +28,33 @@ def open_ledger(path: Path, epsilon_budget: float, delta: float, signer=None):
                                    signer=signer)
 
 
+def read_own_data(protocol_module: Any, role: str, name: str, params: dict[str, Any],
+                  data: Path | None):
+    """The party's own records when its role reads them (``data`` in the parameters):
+    its file (``data``: the file, or a directory holding NAME.csv/.npz/.parquet) read and
+    checked against the study, before the party connects. Raises ValueError, one line."""
+    from learning.data_files import DataSpec, load_party_data, party_file
+
+    typed = protocol_module.Params.from_dict(params)
+    if data is not None and getattr(typed, "data", None) is None:
+        raise ValueError(f"--data was given, but this study's parameters declare no data "
+                         f"description ('data'), so '{name}' would not read it; add one, "
+                         "e.g. the study.json of `confidant split-data`")
+    if "data" not in declared(protocol_module, role, typed):
+        return None   # e.g. the server of a study whose clients read their own files
+    if data is None:
+        raise ValueError(f"party '{name}': this study trains on each party's own data; give "
+                         "its file with --data FILE (CSV, NPZ or Parquet)")
+    path = party_file(data, name) if data.is_dir() else data
+    return load_party_data(path, DataSpec.from_dict(typed.data), name)
+
+
 def open_resources(protocol_module: Any, role: str, name: str, workdir: Path,
                    params: dict[str, Any], stack: contextlib.ExitStack,
-                   ledger_path: Path | None = None, signer=None) -> Resources:
-    """Open what ``role`` of ``protocol_module`` declares; ``stack`` closes it."""
-    resources = Resources()
+                   ledger_path: Path | None = None, signer=None, data=None) -> Resources:
+    """Open what ``role`` of ``protocol_module`` declares; ``stack`` closes it. ``data``:
+    the party's records, read before it connected (:func:`read_own_data`)."""
+    resources = Resources(data=data)
     typed = protocol_module.Params.from_dict(params)
     if "budget" in declared(protocol_module, role, typed):
         path = ledger_path or workdir / "ledger" / f"{name}.jsonl"

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from learning.data_files import LocalData
 from mpc.channel import Channel
 from privacy.budget import PrivacyBudget
 
@@ -20,8 +21,9 @@ class Resources:
     declares what each role needs in ``RESOURCES = {role: ("budget", ...)}``."""
 
     budget: PrivacyBudget | None = None
+    data: LocalData | None = None   # the party's own records, read and checked at start
 
-    KINDS = ("budget",)
+    KINDS = ("budget", "data")
 
 
 @dataclass

@@ -43,13 +43,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learning.datasets import SPLITS, TABLES, DatasetError, federated_shard, load_table
+from learning.datasets import SPLITS, TABLES
 from learning.models import public_mlp
 from learning.training import evaluate, get_flat, round_seed, set_flat, train
 from mpc import randomness, secagg, shamir, wire
 from mpc.channel import ChannelError
 from privacy import gaussian, skellam
 
+from . import study_data
 from .context import RoleContext, RoleResult
 from .errors import ParameterError, PeerMisbehaved, ProtocolError
 from .params import Params
@@ -99,6 +100,7 @@ class FedAvgParams(Params):
     l2_clip: float = 1.0              # with dp_epsilon: each update clipped to this L2 norm
     epsilon_budget: float = 10.0      # each client's ledger (secagg with dp_epsilon)
     synthetic_dim: int = 0            # > 0: light clients with public synthetic updates (scale runs)
+    data: dict | None = None          # the study's data spec: each client trains on its own file
 
     def check(self) -> list[str]:
         checks = [
@@ -118,12 +120,13 @@ class FedAvgParams(Params):
              f"a run of epsilon {self.dp_epsilon} exceeds each client's budget "
              f"{self.epsilon_budget}: raise epsilon_budget deliberately"),
         ]
-        return [msg for ok, msg in checks if not ok]
+        return [msg for ok, msg in checks if not ok] + study_data.spec_problems(self.data)
 
 
 Params = FedAvgParams
 # a private secure run charges each client's own ledger, round by round
-RESOURCES = {"client": lambda p: ("budget",) if p.dp_epsilon and p.secagg else ()}
+RESOURCES = {"client": lambda p: (("budget",) if p.dp_epsilon and p.secagg else ())
+              + study_data.needs_data(p.data)}
 
 
 @dataclass(frozen=True)
@@ -303,12 +306,9 @@ async def _secure_round(ctx: RoleContext, cfg: FedAvgParams, setup: RoundSetup, 
 class _Trainer:
     """A client's model and data: trains a round, applies the aggregate, evaluates."""
 
-    def __init__(self, cfg: FedAvgParams, clients: list[str], index: int, me: str):
-        try:
-            self.x, self.y, self.x_test, self.y_test, classes = federated_shard(
-                cfg.dataset, len(clients), index, split=cfg.split, seed=cfg.data_seed, alpha=cfg.alpha)
-        except DatasetError as e:
-            raise ParameterError(f"{NAME}: {e}") from None
+    def __init__(self, ctx: RoleContext, cfg: FedAvgParams, clients: list[str], index: int, me: str):
+        self.x, self.y, self.x_test, self.y_test, classes = study_data.training_data(
+            ctx, NAME, cfg, len(clients), index)
         if len(self.y) > cfg.max_weight:
             raise ParameterError(f"{NAME}: client '{me}' has {len(self.y)} samples, more than "
                                  f"max_weight {cfg.max_weight}; raise max_weight")
@@ -359,7 +359,7 @@ async def client(ctx: RoleContext) -> RoleResult:
     server = ctx.one_with_role("server")
     index = clients.index(ctx.me)
     chatty = index == 0
-    learner = _SyntheticClient(cfg, index) if cfg.synthetic_dim else _Trainer(cfg, clients, index, ctx.me)
+    learner = _SyntheticClient(cfg, index) if cfg.synthetic_dim else _Trainer(ctx, cfg, clients, index, ctx.me)
     q = quantizer(cfg)
     rng = randomness.generator()     # stochastic rounding: OS-seeded
     ch = ctx.channel
@@ -526,11 +526,8 @@ async def server(ctx: RoleContext) -> RoleResult:
     if cfg.synthetic_dim:
         dim = cfg.synthetic_dim
     else:
-        try:
-            data = load_table(cfg.dataset, seed=cfg.data_seed)
-        except DatasetError as e:
-            raise ParameterError(f"{NAME}: {e}") from None
-        dim = get_flat(initial_model(cfg, data.x_train.shape[1], data.num_classes)).size
+        features, classes = study_data.shape(NAME, cfg.dataset, cfg.data, cfg.data_seed)
+        dim = get_flat(initial_model(cfg, features, classes)).size
     q = quantizer(cfg)
     alive = list(clients)
     stats = []

@@ -37,12 +37,17 @@ def declared(module: Any, role: str, params: Params | None = None) -> tuple[str,
     return kinds
 
 
-def in_memory_resources(module: Any, params: Params) -> ResourceFactory:
-    """Fresh in-memory resources: a budget sized by the protocol's own parameters."""
+def in_memory_resources(module: Any, params: Params, data: dict[str, Any] | None = None
+                        ) -> ResourceFactory:
+    """Fresh in-memory resources: a budget sized by the protocol's own parameters, and
+    each party's own records from ``data`` (name -> LocalData) where its role reads them."""
     def make(name: str, role: str) -> Resources:
         res = Resources()
-        if "budget" in declared(module, role, params):
+        kinds = declared(module, role, params)
+        if "budget" in kinds:
             res.budget = PrivacyBudget(params.epsilon_budget, params.delta)
+        if "data" in kinds:
+            res.data = (data or {}).get(name)
         return res
     return make
 
