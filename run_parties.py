@@ -101,7 +101,8 @@ def hashcomb_setup(args: argparse.Namespace) -> list[Scenario]:
 def _hashcomb_fl_args(p: argparse.ArgumentParser) -> None:
     _hashcomb_setup_args(p)
     p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine"])
+    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine", "mnist"])
+    _data_dir_args(p)
     p.add_argument("--split", default="iid", choices=["iid", "noniid"])
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet skew of --split noniid")
     p.add_argument("--model", default="mlp", choices=["mlp", "logreg"])
@@ -133,8 +134,11 @@ def hashcomb_fl(args: argparse.Namespace) -> list[Scenario]:
         if len(done) == len(encodings):
             _hashcomb_fl_report(args, run_dir, dict(zip(encodings, done, strict=True)))
 
+    data = _own_data(args, [n for n, r in setup.parties if r == "owner"])
+    if data is not None:
+        fl["data"] = data
     return [setup] + [Scenario("hcfl", setup.parties, {**fl, "encoding": e}, same_run_dir=True,
-                               report=report) for e in encodings]
+                               report=report, data_dir=args.data_dir) for e in encodings]
 
 
 def _hashcomb_fl_report(args: argparse.Namespace, run_dir: Path, sessions: dict[str, dict]) -> None:
@@ -267,7 +271,8 @@ def capc(args: argparse.Namespace) -> list[Scenario]:
 
 def _dssgd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parties", type=int, default=10, help="participants (plus one parameter server)")
-    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine"])
+    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine", "mnist"])
+    _data_dir_args(p)
     p.add_argument("--split", default="iid", choices=["iid", "noniid"])
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet skew of --split noniid")
     p.add_argument("--rounds", type=int, default=30)
@@ -314,16 +319,22 @@ def dssgd(args: argparse.Namespace) -> list[Scenario]:
                       f"each participant's budget {args.budget:g}: uploads stop after about "
                       f"{int(args.budget // args.dp_epsilon)} rounds (raise --budget deliberately)")
 
+    names = [(f"participant{i}", "participant") for i in range(1, args.parties + 1)]
+    data = _own_data(args, [n for n, _ in names])
+    if data is not None:
+        params["data"] = data
+
     def report(run_dir: Path, session: dict) -> None:
-        central = None if args.no_baselines else centralized_accuracy(
+        # centralized training would pool every participant's records: not with own data
+        central = None if args.no_baselines or data is not None else centralized_accuracy(
             args.dataset, data_seed=args.seed, model=args.model, hidden=args.hidden, seed=args.seed,
             epochs=args.rounds * args.epochs, lr=args.lr, batch=args.batch)
         summary = dssgd_report(run_dir, session, central)
         if summary is not None:
             session["summary"] = summary
 
-    names = [(f"participant{i}", "participant") for i in range(1, args.parties + 1)]
-    return [Scenario("dssgd", names + [("server", "server")], params, report=report)]
+    return [Scenario("dssgd", names + [("server", "server")], params, report=report,
+                     data_dir=args.data_dir)]
 
 
 def _data_dir_args(p: argparse.ArgumentParser) -> None:

@@ -31,13 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from learning import dssgd
-from learning.datasets import SPLITS, TABLES, DatasetError, federated_shard, load_table
+from learning.datasets import SPLITS, TABLES
 from learning.models import public_mlp
 from learning.training import evaluate, get_flat, round_seed, set_flat, train
 from mpc import randomness, wire
 from mpc.channel import ChannelError
 from privacy import svt
 
+from . import study_data
 from .context import RoleContext, RoleResult
 from .errors import ParameterError, PeerMisbehaved, ProtocolError
 from .params import Params
@@ -60,6 +61,7 @@ class DssgdParams(Params):
     split: str = "iid"
     alpha: float = 0.5          # Dirichlet concentration of the non-IID split
     data_seed: int = 0
+    data: dict | None = None    # the study's data spec: each participant trains on its own file
     seed: int = 0               # model initialisation, shuffling, random order
     model: str = "mlp"
     hidden: int = 32
@@ -102,21 +104,17 @@ class DssgdParams(Params):
              "dp_epsilon needs gamma: the clip bound is what bounds the sensitivity"),
             (0 < self.delta < 1, "delta must be in (0, 1)"),
         ]
-        return [msg for ok, msg in checks if not ok]
+        return [msg for ok, msg in checks if not ok] + study_data.spec_problems(self.data)
 
 
 Params = DssgdParams
 # Only a private run charges anything: the ledger is opened for it alone.
-RESOURCES = {"participant": lambda p: ("budget",) if p.dp_epsilon else ()}
+RESOURCES = {"participant": lambda p: (("budget",) if p.dp_epsilon else ())
+              + study_data.needs_data(p.data)}
 
 
 def initial_model(cfg: DssgdParams, features: int, classes: int):
     return public_mlp(cfg.model, features, classes, cfg.hidden, cfg.seed)
-
-
-def _shape(cfg: DssgdParams) -> tuple[int, int]:
-    data = load_table(cfg.dataset, seed=cfg.data_seed)
-    return data.x_train.shape[1], data.num_classes
 
 
 def _wire_upload(r: int, index: np.ndarray, values: np.ndarray) -> dict:
@@ -135,11 +133,7 @@ async def participant(ctx: RoleContext) -> RoleResult:
     if cfg.dp_epsilon and budget is None:
         raise ParameterError("a private DSSGD run needs the participant's budget ledger "
                              "(Resources.budget)")
-    try:
-        x, y, x_test, y_test, classes = federated_shard(
-            cfg.dataset, len(names), index, split=cfg.split, seed=cfg.data_seed, alpha=cfg.alpha)
-    except DatasetError as e:
-        raise ParameterError(f"{NAME}: {e}") from None
+    x, y, x_test, y_test, classes = study_data.training_data(ctx, NAME, cfg, len(names), index)
     model = initial_model(cfg, x.shape[1], classes)
     dim = sum(p.numel() for p in model.parameters())
     try:
@@ -232,10 +226,7 @@ async def participant(ctx: RoleContext) -> RoleResult:
 async def server(ctx: RoleContext) -> RoleResult:
     cfg = DssgdParams.from_dict(ctx.params)
     names = ctx.with_role("participant")
-    try:
-        features, classes = _shape(cfg)
-    except DatasetError as e:
-        raise ParameterError(f"{NAME}: {e}") from None
+    features, classes = study_data.shape(NAME, cfg.dataset, cfg.data, cfg.data_seed)
     init = get_flat(initial_model(cfg, features, classes))
     ps = dssgd.ParameterServer(init, dssgd.upload_count(init.size, cfg.theta_u), cfg.gamma)
     rng = randomness.generator()   # the random download selection

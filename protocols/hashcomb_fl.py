@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from learning.datasets import SPLITS, TABLES, DatasetError, federated_shard
+from learning.datasets import SPLITS, TABLES
 from learning.models import public_mlp
 from learning.training import evaluate, get_flat, round_seed, set_flat, train
 from mpc import randomness, wire
@@ -47,6 +47,7 @@ from privacy.hashcomb_codec import (
     sample_levels,
 )
 
+from . import study_data
 from .context import RoleContext, RoleResult
 from .errors import ParameterError, PeerMisbehaved, ProtocolError
 from .params import Params
@@ -71,6 +72,7 @@ class FLConfig(Params):
     split: str = "iid"
     alpha: float = 0.5          # Dirichlet concentration of the non-IID split
     data_seed: int = 0          # test split and partition
+    data: dict | None = None    # the study's data spec: each owner trains on its own file
     seed: int = 0               # model initialisation and local shuffling
     model: str = "mlp"          # "mlp" (one hidden layer) or "logreg"
     hidden: int = 32
@@ -98,7 +100,7 @@ class FLConfig(Params):
             (min(self.lr, self.scale, self.alpha, self.timeout) > 0,
              "lr, scale, alpha and timeout must be > 0"),
         ]
-        return [msg for ok, msg in checks if not ok]
+        return [msg for ok, msg in checks if not ok] + study_data.spec_problems(self.data)
 
 
 Params = FLConfig
@@ -175,13 +177,8 @@ def local_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: F
           seed=shuffle_seed)
 
 
-def owner_data(cfg: FLConfig, owners: int, index: int):
-    """This owner's training shard and the common test split."""
-    try:
-        return federated_shard(cfg.dataset, owners, index, split=cfg.split,
-                               seed=cfg.data_seed, alpha=cfg.alpha)
-    except DatasetError as e:
-        raise ParameterError(f"{NAME}: {e}") from None
+# an owner reads its own file when the study declares its data
+RESOURCES = {"owner": lambda p: study_data.needs_data(p.data)}
 
 
 # --------------------------------------------------------------------------- roles
@@ -212,7 +209,7 @@ async def owner(ctx: RoleContext) -> RoleResult:
     hashcomb = cfg.encoding == "hashcomb"
     if hashcomb:
         key, seed, hp = _secret_state(ctx)
-    x, y, x_test, y_test, classes = owner_data(cfg, len(owners), index)
+    x, y, x_test, y_test, classes = study_data.training_data(ctx, NAME, cfg, len(owners), index)
     model = make_model(cfg, x.shape[1], classes)
     dim = sum(p.numel() for p in model.parameters())
     rng = randomness.generator()   # stochastic rounding is noise: OS-seeded

@@ -156,3 +156,42 @@ def test_a_wrong_file_stops_the_run_before_any_process_starts(tmp_path):
     line = (out.stdout + out.stderr).strip().splitlines()[-1]
     assert "party 'client02'" in line and "client02.csv" in line and "missing f7" in line, line
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_party_checks_its_own_file_before_connecting(tmp_path, capsys):
+    """`confidant party --data`: no broker listens on port 1; the file is refused first."""
+    from parties.cli import main as cli_main
+    from parties.identity import new_local_deployment
+
+    split_to_files("digits", CLIENTS, tmp_path / "data", how="iid", seed=0, fmt="csv")
+    study = read_study(tmp_path / "data").to_dict()
+    new_local_deployment(tmp_path, [*((c, "client") for c in CLIENTS), ("server", "server")],
+                         "mqtt://127.0.0.1:1", name="owndata")
+    args = ["party", "--deployment", str(tmp_path / "deployment.toml"), "--name", "client01",
+            "--key", str(tmp_path / "keys" / "client01.key"), "--protocol", "fedavg",
+            "--session", "s1"]
+    wrong = json.dumps({"data": {**study, "classes": 3, "feature_names": None}})
+    assert cli_main([*args, "--params", wrong, "--data", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "party 'client01'" in err and "outside 0..2" in err, err
+    assert cli_main([*args, "--params", json.dumps({"data": study})]) == 2
+    assert "give its file with --data FILE" in capsys.readouterr().err
+    assert cli_main([*args, "--params", "{}", "--data", str(tmp_path / "data")]) == 2
+    assert "declare no data description" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scenario, names, extra", [
+    ("dssgd", ["participant1", "participant2", "participant3"], ["--parties", "3", "--rounds", "3"]),
+    ("hashcomb-fl", ["owner1", "owner2", "owner3"], ["--owners", "3", "--rounds", "2", "--no-baseline"]),
+])
+def test_dssgd_and_hashcomb_fl_on_own_files(tmp_path, scenario, names, extra):
+    data = tmp_path / "data"
+    split_to_files("wine", names, data, how="iid", seed=0, fmt="npz")
+    out = subprocess.run([sys.executable, str(ROOT / "run_parties.py"), "--runs-dir",
+                          str(tmp_path / "runs"), scenario, *extra, "--data-dir", str(data)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    results = json.loads((Path(out.stdout.strip().splitlines()[-1]) / "results.json").read_text())
+    for session in results.get("sessions", [results]):
+        assert session["audit"]["ok"]
+        assert all(rec["ok"] for rec in session["parties"].values()), session["parties"]
