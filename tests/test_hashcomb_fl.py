@@ -193,7 +193,7 @@ def test_owners_with_different_keys_are_refused(states):
 
 
 def test_bad_parameters_raise_parameter_error():
-    for params in ({"encoding": "zip"}, {"rounds": 0}, {"lr": -1}, {"dataset": "mnist"},
+    for params in ({"encoding": "zip"}, {"rounds": 0}, {"lr": -1}, {"dataset": "cifar10"},
                    {"round": 3}, {"rounds": "many"}):
         with pytest.raises(ParameterError, match="^hcfl: "):
             FLConfig.from_dict(params)
