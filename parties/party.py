@@ -118,6 +118,12 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
             record.update(ok=True, result=result.public)
             if result.private:
                 save_state(workdir, name, {**state, **result.private})
+            if result.outputs:   # the operator's files: its trained model, its labels
+                out = workdir / "outputs" / name
+                out.mkdir(parents=True, exist_ok=True)
+                for filename, content in result.outputs.items():
+                    (out / Path(filename).name).write_bytes(content)
+                record["outputs"] = sorted(str(out / Path(f).name) for f in result.outputs)
         except Exception as e:  # reported by name in results, and the exit code
             record.update(ok=False, error=f"{type(e).__name__}: {e}", fault=fault_of(e))
             if channel.died:  # the root cause, whoever this party was waiting for

@@ -64,10 +64,13 @@ class RoleContext:
 class RoleResult:
     """``public``: what the party reports (results table, results.json);
     ``private``: state to keep for later protocols (secret shares, keys),
-    stored by the runner with the party's key material, never in results."""
+    stored by the runner with the party's key material, never in results;
+    ``outputs``: files for the party's operator (its trained model, labels), by file
+    name, written by the runner into the party's own output directory."""
 
     public: dict[str, Any]
     private: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, bytes] = field(default_factory=dict)
 
 
 RoleFn = Callable[[RoleContext], Awaitable[RoleResult]]

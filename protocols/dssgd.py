@@ -32,6 +32,7 @@ import numpy as np
 
 from learning import dssgd
 from learning.datasets import SPLITS, TABLES
+from learning.model_files import model_files
 from learning.models import public_mlp
 from learning.training import evaluate, get_flat, round_seed, set_flat, train
 from mpc import randomness, wire
@@ -218,7 +219,8 @@ async def participant(ctx: RoleContext) -> RoleResult:
         public["standalone_accuracy"] = round(evaluate(alone, x_test, y_test)[0], 4)
     ctx.progress(f"done: global model {global_acc:.3f}"
                  + (f", alone {public['standalone_accuracy']:.3f}" if cfg.baselines else ""))
-    return RoleResult(public, private={"dssgd_model": get_flat(model)})
+    return RoleResult(public, private={"dssgd_model": get_flat(model)},
+                      outputs=model_files(model, x.shape[1], "dssgd_model"))
 
 
 # --------------------------------------------------------------------------- server

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from learning.datasets import SPLITS, TABLES
+from learning.model_files import model_files
 from learning.models import public_mlp
 from learning.training import evaluate, get_flat, round_seed, set_flat, train
 from mpc import randomness, secagg, shamir, wire
@@ -329,6 +330,9 @@ class _Trainer:
     def final(self) -> dict:
         return {"fedavg_model": get_flat(self.model)}
 
+    def outputs(self) -> dict[str, bytes]:
+        return model_files(self.model, self.x.shape[1], "fedavg_model")
+
 
 class _SyntheticClient:
     """A light client for scale runs: no data and no training; its update in round r is a
@@ -345,6 +349,9 @@ class _SyntheticClient:
         return {"accuracy": None}
 
     def final(self) -> dict:
+        return {}
+
+    def outputs(self) -> dict[str, bytes]:
         return {}
 
 
@@ -410,7 +417,7 @@ async def client(ctx: RoleContext) -> RoleResult:
                        "final_accuracy": rounds[-1]["accuracy"], "rounds": rounds,
                        "ledger_epsilon": budget.epsilon_spent() if budget else None,
                        "config": cfg.to_dict()},
-                      private=learner.final())
+                      private=learner.final(), outputs=learner.outputs())
 
 
 def _charge(ctx: RoleContext, dp: skellam.SkellamEncoding, what: str) -> None:

@@ -35,6 +35,7 @@ import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from learning.datasets import SPLITS, TABLES
+from learning.model_files import model_files
 from learning.models import public_mlp
 from learning.training import evaluate, get_flat, round_seed, set_flat, train
 from mpc import randomness, wire
@@ -279,7 +280,8 @@ async def owner(ctx: RoleContext) -> RoleResult:
     if hashcomb:
         public["hashcomb"] = {**hp.as_dict(), "masked": cfg.mask, "rounding": cfg.rounding}
     public.update(config=cfg.to_dict(), rounds=rounds)
-    return RoleResult(public, private={f"hcfl_model_{cfg.encoding}": final})
+    return RoleResult(public, private={f"hcfl_model_{cfg.encoding}": final},
+                      outputs=model_files(model, x.shape[1], f"hcfl_{cfg.encoding}_model"))
 
 
 async def _abort(ctx: RoleContext, owners: list[str], step: str, r: int, message: str) -> None:

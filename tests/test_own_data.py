@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 import torch
+from onnx.reference import ReferenceEvaluator
 
 from learning.data_files import (
     DataFileError,
@@ -141,9 +143,23 @@ def test_fedavg_between_processes_on_own_files(tmp_path):
     assert "own data: 3 parties' files" in out.stdout
     results = json.loads((Path(out.stdout.strip().splitlines()[-1]) / "results.json").read_text())
     assert results["audit"]["ok"]
+    spec = read_study(data)
     for name in CLIENTS:
         rec = results["parties"][name]
         assert rec["ok"] and rec["result"]["final_accuracy"] is not None, rec
+        # its trained model, as files: the PyTorch program scores its own held-out quarter
+        # as the party reported, and the ONNX graph computes the same logits
+        files = {Path(f).name: Path(f) for f in rec["outputs"]}
+        assert set(files) == {"fedavg_model.onnx", "fedavg_model.pt2"}
+        _, _, x_test, y_test = load_party_data(party_file(data, name), spec, name).split()
+        program = torch.export.load(files["fedavg_model.pt2"]).module()
+        logits = program(x_test).detach()
+        accuracy = (logits.argmax(1) == y_test).float().mean().item()
+        assert abs(accuracy - rec["result"]["final_accuracy"]) < 1e-4
+        graph = onnx.load(files["fedavg_model.onnx"])
+        onnx.checker.check_model(graph)
+        (onnx_logits,) = ReferenceEvaluator(graph).run(None, {"x": x_test.numpy()})
+        assert np.allclose(onnx_logits, logits.numpy(), atol=1e-4)
 
 
 def test_a_wrong_file_stops_the_run_before_any_process_starts(tmp_path):
