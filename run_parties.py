@@ -240,6 +240,50 @@ def _capc_args(p: argparse.ArgumentParser) -> None:
                    help="the QP keeps only this many labelled points of its own")
     p.add_argument("--noise-seed", type=int, default=None,
                    help="INSECURE fixed PG noise, to compare runs; never in deployment")
+    _data_dir_args(p)
+    p.add_argument("--models-dir", type=Path,
+                   help="answering parties with a file DIR/<name>.onnx or .pt answer with that "
+                        "model instead of training one")
+
+
+def _capc_files(args: argparse.Namespace, qps: list[str], aps: list[str]
+                ) -> tuple[dict | None, dict[str, list[str]]]:
+    """With --data-dir / --models-dir: the study's data description, and each party's
+    --data/--queries/--model arguments, after every file was found and checked."""
+    from learning.data_files import DataFileError, load_party_data, party_file, read_study
+    from learning.model_files import MODEL_FORMATS, ModelFileError, load_model
+    from protocols import study_data
+
+    spec, extra = None, {n: [] for n in qps + aps}
+    try:
+        if args.data_dir is not None:
+            spec = read_study(args.data_dir)
+            if args.label_column:
+                spec = dataclasses.replace(spec, label_column=args.label_column)
+        features, classes = study_data.shape("capc", args.dataset, spec and spec.to_dict(), args.seed)
+        for name in aps if args.models_dir else []:
+            found = [args.models_dir / f"{name}{ext}" for ext in MODEL_FORMATS
+                     if (args.models_dir / f"{name}{ext}").is_file()]
+            if found:
+                try:
+                    load_model(found[0], features, classes)
+                except ModelFileError as e:
+                    raise SystemExit(f"--models-dir: party '{name}': model file {found[0]}: {e}") from None
+                extra[name] += ["--model", str(found[0])]
+        if spec is not None:
+            for name in qps + aps:
+                path = party_file(args.data_dir, name, required=name in qps or not extra[name])
+                if path is not None:
+                    load_party_data(path, spec, name)
+                    extra[name] += ["--data", str(path)]
+            for name in qps:
+                path = party_file(args.data_dir, name, "-queries")
+                if len(load_party_data(path, spec, name, labelled=False)) < args.queries:
+                    raise SystemExit(f"--data-dir: {path} has fewer than --queries {args.queries} rows")
+                extra[name] += ["--queries", str(path)]
+    except DataFileError as e:
+        raise SystemExit(f"--data-dir: {e}") from None
+    return (spec.to_dict() if spec is not None else None), extra
 
 
 @scenario("capc", "CaPC: private collaborative labelling, retraining, results", _capc_args)
@@ -257,6 +301,11 @@ def capc(args: argparse.Namespace) -> list[Scenario]:
               "qp_points": args.qp_points}
     if args.budget is not None:
         params["epsilon_budget"] = args.budget
+    if args.data_dir is not None and args.qps > 1:
+        raise SystemExit("--data-dir takes one querying party (--qps 1)")
+    data, files = _capc_files(args, members[:args.qps], members[args.qps:] if args.qps == 1 else members)
+    if data is not None:
+        params["data"] = data
     # One ledger for the guardian across every QP's session: all answers spend
     # the same answering parties' privacy. The guardian keeps one identity, whose
     # key signs every ledger line.
@@ -264,7 +313,9 @@ def capc(args: argparse.Namespace) -> list[Scenario]:
     ledger, guardian_key = Path(f"{stem}-ledger.jsonl"), Path(f"{stem}-guardian.key")
     return [Scenario("capc", [(m, "qp" if m == qp else "ap") for m in members]
                      + [("guardian", "pg"), ("dealer", "dealer")], params,
-                     extra_args={"guardian": ["--ledger", str(ledger)]}, report=capc_report,
+                     extra_args={"guardian": ["--ledger", str(ledger)],
+                                 **{n: a for n, a in files.items() if n != qp or data is not None}},
+                     report=capc_report,
                      keep_keys={"guardian": guardian_key}, ledgers={"guardian": ledger})
             for qp in members[:args.qps]]
 

@@ -124,22 +124,23 @@ class LocalData:
                 t(xte, dtype=torch.float32), t(yte, dtype=torch.long))
 
 
-def _read(path: Path, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str] | None]:
-    """(features, labels, ids, feature column names or None) as stored in the file."""
+def _read(path: Path, spec: DataSpec, labelled: bool = True
+          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str] | None]:
+    """(features, labels or None, ids, feature column names or None) as stored."""
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in ("x", "y") if k not in z.files]
+                missing = [k for k in ("x", "y")[:2 if labelled else 1] if k not in z.files]
                 if missing:
                     raise DataFileError(f"has no array {' or '.join(missing)} (an NPZ party file "
                                         f"holds x, y and optionally ids; it has {z.files})")
-                x, y = z["x"], z["y"]
+                x, y = z["x"], (z["y"] if "y" in z.files else None)
                 ids = z["ids"] if "ids" in z.files else np.arange(len(y))
         except (OSError, ValueError) as e:
             raise DataFileError(f"is not a readable NPZ file ({e})") from None
         if x.ndim != 2:
             raise DataFileError(f"x has shape {x.shape}; expected (rows, features)")
-        return x, y, ids, None
+        return x, y, (ids if y is not None or "ids" in z.files else np.arange(len(x))), None
     import pandas as pd
 
     try:
@@ -148,14 +149,14 @@ def _read(path: Path, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarra
         raise DataFileError(f"is not a readable {path.suffix[1:].upper()} file ({e})") from None
     except Exception as e:  # pyarrow's own errors for a broken Parquet file
         raise DataFileError(f"is not a readable {path.suffix[1:].upper()} file ({e})") from None
-    if spec.label_column not in frame.columns:
+    if spec.label_column not in frame.columns and labelled:
         raise DataFileError(f"has no label column '{spec.label_column}' (columns: "
                             f"{', '.join(map(str, frame.columns[:8]))}{', ...' if frame.shape[1] > 8 else ''});"
                             " name it in the study's label_column or with --label-column")
     if spec.id_column is not None and spec.id_column not in frame.columns:
         raise DataFileError(f"has no id column '{spec.id_column}'")
     ids = frame.pop(spec.id_column).to_numpy() if spec.id_column else np.arange(len(frame))
-    y = frame.pop(spec.label_column).to_numpy()
+    y = frame.pop(spec.label_column).to_numpy() if spec.label_column in frame.columns else None
     names = [str(c) for c in frame.columns]
     bad = [c for c in names if not pd.api.types.is_numeric_dtype(frame[c])]
     if bad:
@@ -164,24 +165,29 @@ def _read(path: Path, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return frame.to_numpy(dtype=np.float64), y, ids, names
 
 
-def load_party_data(path: str | Path, spec: DataSpec, party: str) -> LocalData:
-    """Read ``party``'s file and check it against the study; preprocess it."""
+def load_party_data(path: str | Path, spec: DataSpec, party: str, labelled: bool = True
+                    ) -> LocalData:
+    """Read ``party``'s file and check it against the study; preprocess it. Unlabelled
+    (``labelled=False``: a querying party's queries) the label column is optional; rows
+    without one get label -1 (a label there is used only to score what was learned)."""
     path = Path(path)
-    where = f"party '{party}': data file {path}"
+    where = f"party '{party}': {'data' if labelled else 'queries'} file {path}"
     if path.suffix not in FORMATS:
         raise DataFileError(f"{where}: format '{path.suffix}' is not supported; use "
                             f"{', '.join(FORMATS)}")
     if not path.is_file():
         raise DataFileError(f"{where} does not exist")
     try:
-        x, y, ids, names = _read(path, spec)
-        _check(x, y, names, spec)
+        x, y, ids, names = _read(path, spec, labelled)
+        _check(x, y, names, spec, minimum=4 if labelled else 1)
     except DataFileError as e:
         raise DataFileError(f"{where}: {e}") from None
-    return LocalData(spec.preprocess(x), y.astype(np.int64), ids, path, spec.classes)
+    y = np.full(len(x), -1, dtype=np.int64) if y is None else y.astype(np.int64)
+    return LocalData(spec.preprocess(x), y, ids, path, spec.classes)
 
 
-def _check(x: np.ndarray, y: np.ndarray, names: list[str] | None, spec: DataSpec) -> None:
+def _check(x: np.ndarray, y: np.ndarray | None, names: list[str] | None, spec: DataSpec,
+           minimum: int = 4) -> None:
     if names is not None and spec.feature_names is not None and names != list(spec.feature_names):
         missing = [n for n in spec.feature_names if n not in names]
         extra = [n for n in names if n not in spec.feature_names]
@@ -192,11 +198,14 @@ def _check(x: np.ndarray, y: np.ndarray, names: list[str] | None, spec: DataSpec
                             + "every party's file needs the study's columns")
     if x.shape[1] != spec.features:
         raise DataFileError(f"has {x.shape[1]} feature columns, the study says {spec.features}")
-    if len(y) < 4:
-        raise DataFileError(f"has {len(y)} rows; a party needs at least 4 (training and held-out)")
+    if len(x) < minimum:
+        raise DataFileError(f"has {len(x)} rows; at least {minimum} needed"
+                            + (" (training and held-out)" if minimum > 1 else ""))
     if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
         row = int(np.argwhere(~np.isfinite(x.astype(np.float64)))[0][0])
         raise DataFileError(f"row {row} has a missing or non-finite feature value")
+    if y is None:
+        return
     labels = np.asarray(y)
     if not np.issubdtype(labels.dtype, np.number) or not np.all(np.mod(labels, 1) == 0):
         raise DataFileError(f"labels must be integers 0..{spec.classes - 1}; got e.g. {labels[:3]}")
@@ -228,19 +237,32 @@ def write_party_file(path: str | Path, x: np.ndarray, y: np.ndarray,
 
 
 def split_to_files(dataset: str, parties: list[str], out_dir: str | Path, *, how: str = "iid",
-                   alpha: float = 0.5, seed: int = 0, fmt: str = "csv") -> dict[str, Path]:
+                   alpha: float = 0.5, seed: int = 0, fmt: str = "csv", queries: int = 0,
+                   querier: str | None = None) -> dict[str, Path]:
     """Write a built-in data set's training split as one raw file per party (``how``: iid,
     or noniid = Dirichlet(alpha) label skew), and ``study.json``: the spec whose constants
-    give the built-in preprocessing. Returns {party: file}."""
+    give the built-in preprocessing. With ``queries``, that many rows are first held out
+    as ``querier``'s unlabelled queries (``<querier>-queries.<fmt>``, no label column).
+    Returns {party: file} (and {"<querier>-queries": file})."""
     from .datasets import partition, raw_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     raw = raw_table(dataset, seed=seed)
-    shards = partition(raw.y_train, len(parties), how, seed=seed, alpha=alpha)
     names = [f"f{i}" for i in range(raw.x_train.shape[1])]
     files = {}
-    for name, idx in zip(parties, shards, strict=True):
+    rest = np.arange(len(raw.y_train))
+    if queries:
+        if querier not in parties or not 0 < queries < len(rest) // 2:
+            raise DataFileError(f"queries need a querier among the parties and 0 < queries < "
+                                f"{len(rest) // 2}; got {querier!r}, {queries}")
+        order = np.random.default_rng(seed).permutation(rest)   # a public split, not a secret
+        pool, rest = np.sort(order[:queries]), np.sort(order[queries:])
+        files[f"{querier}-queries"] = _write_unlabelled(out / f"{querier}-queries.{fmt}",
+                                                        raw.x_train[pool], names, pool)
+    shards = partition(raw.y_train[rest], len(parties), how, seed=seed, alpha=alpha)
+    for name, part in zip(parties, shards, strict=True):
+        idx = rest[part]
         files[name] = write_party_file(out / f"{name}.{fmt}", raw.x_train[idx], raw.y_train[idx],
                                        names, ids=idx)
     spec = DataSpec(raw.x_train.shape[1], raw.classes, "label", "id", tuple(names),
@@ -249,6 +271,18 @@ def split_to_files(dataset: str, parties: list[str], out_dir: str | Path, *, how
     (out / STUDY_FILE).write_text("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}"
                                                      for k, v in study.items()) + "\n}\n")
     return files
+
+
+def _write_unlabelled(path: Path, x: np.ndarray, names: list[str], ids: np.ndarray) -> Path:
+    if path.suffix == ".npz":
+        np.savez(path, x=x, ids=ids)
+        return path
+    import pandas as pd
+
+    frame = pd.DataFrame(x, columns=names)
+    frame.insert(0, "id", ids)
+    frame.to_csv(path, index=False) if path.suffix == ".csv" else frame.to_parquet(path, index=False)
+    return path
 
 
 def read_study(directory: str | Path) -> DataSpec:
@@ -265,11 +299,14 @@ def read_study(directory: str | Path) -> DataSpec:
     return DataSpec.from_dict(d)
 
 
-def party_file(directory: str | Path, party: str) -> Path:
-    """DIR/<party>.csv|.npz|.parquet: exactly one must exist."""
-    found = [Path(directory) / f"{party}{ext}" for ext in FORMATS
-             if (Path(directory) / f"{party}{ext}").is_file()]
-    if len(found) != 1:
-        raise DataFileError(f"party '{party}': expected one data file {party}.csv, .npz or "
+def party_file(directory: str | Path, party: str, suffix: str = "", required: bool = True
+               ) -> Path | None:
+    """DIR/<party><suffix>.csv|.npz|.parquet: exactly one must exist (or none, when not
+    ``required``)."""
+    stem = f"{party}{suffix}"
+    found = [Path(directory) / f"{stem}{ext}" for ext in FORMATS
+             if (Path(directory) / f"{stem}{ext}").is_file()]
+    if len(found) > 1 or (required and not found):
+        raise DataFileError(f"party '{party}': expected one file {stem}.csv, .npz or "
                             f".parquet in {directory}, found {len(found)}")
-    return found[0]
+    return found[0] if found else None

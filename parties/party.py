@@ -29,7 +29,7 @@ from mpc.channel import ChannelError, Conformance
 from .crash_drill import CrashingChannel, CrashPlan
 from .identity import Deployment, DeploymentError, PrivateKeys
 from .mqtt_channel import MqttChannel
-from .resources import open_resources, read_own_data
+from .resources import open_resources, read_party_files
 from .transcript import Transcript, sealed_sessions, transcript_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -70,7 +70,7 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
                     params: dict[str, Any], workdir: Path, peer_timeout: float = 60.0,
                     ledger_path: Path | None = None, insecure: list[str] | None = None,
                     client_cert: tuple[str, str] | None = None,
-                    crash: CrashPlan | None = None, data=None) -> dict:
+                    crash: CrashPlan | None = None, files: dict | None = None) -> dict:
     """Connect, run this party's role of ``protocol``, and report. Returns the result record."""
     import protocols
     from protocols import RoleContext
@@ -105,7 +105,7 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
             progress("all peers online")
             with contextlib.ExitStack() as stack:
                 resources = open_resources(module, roles[name], name, workdir, params, stack,
-                                           ledger_path, signer=keys.sign_key, data=data)
+                                           ledger_path, signer=keys.sign_key, files=files)
                 ledger = resources.budget if hasattr(resources.budget, "head") else None
                 if ledger is not None:
                     recorded = transcript.last_ledger_head()
@@ -208,6 +208,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="this party's own records (CSV with a header row, NPZ with "
                              "x and y, or Parquet), checked against the study's 'data' parameter; "
                              "with several --name values, a directory holding NAME.csv/.npz/.parquet")
+    parser.add_argument("--queries", help="a querying party's unlabelled queries (same columns as "
+                             "--data, the label column optional), with a 'data' study")
+    parser.add_argument("--model", help="an answering party's own model: .onnx (PyTorch, "
+                             "scikit-learn via skl2onnx, ...) or .pt ({'architecture': NAME, "
+                             "'state_dict': ...}); checked for CKKS before connecting")
     parser.add_argument("--log-level", default="WARNING")
 
 
@@ -262,9 +267,12 @@ def run(args: argparse.Namespace) -> int:
         if data is not None and len(names) > 1 and not data.is_dir():
             raise ValueError("with several --name values, --data is the directory holding "
                              "NAME.csv, .npz or .parquet for each")
-        # its own records, checked against the study before anything is sent
-        own = {name: read_own_data(protocols.load(args.protocol), deployment.role_of(name), name,
-                                   params, data) for name in names}
+        if len(names) > 1 and (args.queries or args.model):
+            raise ValueError("several --name values cannot take --queries or --model")
+        # what it brings (records, queries, model), checked before anything is sent
+        own = {name: read_party_files(protocols.load(args.protocol), deployment.role_of(name),
+                                      name, params, data, args.queries and Path(args.queries),
+                                      args.model and Path(args.model)) for name in names}
         insecure = typed.insecure()
         if insecure and not args.allow_insecure:
             raise ValueError("these parameters make the run insecure (" + "; ".join(insecure)
@@ -284,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
         return await asyncio.gather(*(
             run_party(deployment, keys, args.protocol, args.session, params, workdir,
                       args.peer_timeout, Path(args.ledger) if args.ledger else None,
-                      insecure=insecure, client_cert=client_cert, crash=crash, data=own[keys.name])
+                      insecure=insecure, client_cert=client_cert, crash=crash, files=own[keys.name])
             for keys in all_keys), return_exceptions=True)
 
     try:

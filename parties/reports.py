@@ -22,10 +22,13 @@ def capc_table(sessions: list[dict]) -> Table:
             if r.get("role") != "qp":
                 continue
             answered = r["answered"]
-            table.add_row(name, r["mode"], f"{r['dataset']}/{r['split']}", str(r["answering_parties"]),
+            data = "own files" if r.get("own_data") else f"{r['dataset']}/{r['split']}"
+            correct = ("unknown" if r["labelled_correctly"] is None
+                       else f"{r['labelled_correctly']}/{answered}")
+            table.add_row(name, r["mode"], data, str(r["answering_parties"]),
                           f"{r['accuracy_before']:.3f}", f"{r['accuracy_after']:.3f}", str(r["queries"]),
                           str(answered), str(r["refused"]), str(r["abstained"]),
-                          f"{r['labelled_correctly']}/{answered}", f"{r['epsilon']:.3g}", f"{r['delta']:g}")
+                          correct, f"{r['epsilon']:.3g}", f"{r['delta']:g}")
     return table
 
 

@@ -28,33 +28,62 @@ def open_ledger(path: Path, epsilon_budget: float, delta: float, signer=None):
                                    signer=signer)
 
 
-def read_own_data(protocol_module: Any, role: str, name: str, params: dict[str, Any],
-                  data: Path | None):
-    """The party's own records when its role reads them (``data`` in the parameters):
-    its file (``data``: the file, or a directory holding NAME.csv/.npz/.parquet) read and
-    checked against the study, before the party connects. Raises ValueError, one line."""
+def read_party_files(protocol_module: Any, role: str, name: str, params: dict[str, Any],
+                     data: Path | None = None, queries: Path | None = None,
+                     model: Path | None = None) -> dict[str, Any]:
+    """What the party brings, read and checked before it connects, as Resources fields:
+    ``data`` (its records; a file, or a directory holding NAME.csv/.npz/.parquet),
+    ``queries`` (a querying party's unlabelled rows) and ``model`` (an answering party's
+    own model, .onnx or .pt). Raises ValueError with one line naming the party."""
     from learning.data_files import DataSpec, load_party_data, party_file
+    from learning.model_files import ModelFileError, load_model
+    from protocols import study_data
 
     typed = protocol_module.Params.from_dict(params)
-    if data is not None and getattr(typed, "data", None) is None:
+    kinds = declared(protocol_module, role, typed)
+    described = getattr(typed, "data", None)
+    if data is not None and described is None:
         raise ValueError(f"--data was given, but this study's parameters declare no data "
                          f"description ('data'), so '{name}' would not read it; add one, "
                          "e.g. the study.json of `confidant split-data`")
-    if "data" not in declared(protocol_module, role, typed):
-        return None   # e.g. the server of a study whose clients read their own files
-    if data is None:
-        raise ValueError(f"party '{name}': this study trains on each party's own data; give "
-                         "its file with --data FILE (CSV, NPZ or Parquet)")
-    path = party_file(data, name) if data.is_dir() else data
-    return load_party_data(path, DataSpec.from_dict(typed.data), name)
+    for given, kind in ((queries, "queries"), (model, "model")):
+        if given is not None and kind not in kinds:
+            raise ValueError(f"--{kind} was given, but a '{role}' of {protocol_module.NAME} "
+                             + ("asks no queries" if kind == "queries" else
+                                "does not answer with a model of its own")
+                             + (" in this study (its parameters declare no data description)"
+                                if kind == "queries" and described is None else ""))
+    out: dict[str, Any] = {}
+    if model is not None:
+        features, classes = study_data.shape(protocol_module.NAME, typed.dataset, described, 0)
+        try:
+            out["model"] = load_model(model, features, classes)
+        except ModelFileError as e:
+            raise ValueError(f"party '{name}': model file {model}: {e}") from None
+    spec = DataSpec.from_dict(described) if described is not None else None
+    if "data" in kinds:
+        if data is not None:
+            path = party_file(data, name) if data.is_dir() else data
+            out["data"] = load_party_data(path, spec, name)
+        elif "model" not in out:
+            raise ValueError(f"party '{name}': this study has each party bring its own data; "
+                             "give its file with --data FILE (CSV, NPZ or Parquet)"
+                             + (" or its model with --model FILE" if "model" in kinds else ""))
+    if "queries" in kinds:
+        if queries is None:
+            raise ValueError(f"party '{name}': a querying party in this study reads its "
+                             "unlabelled queries from a file: give --queries FILE")
+        out["queries"] = load_party_data(queries, spec, name, labelled=False)
+    return out
 
 
 def open_resources(protocol_module: Any, role: str, name: str, workdir: Path,
                    params: dict[str, Any], stack: contextlib.ExitStack,
-                   ledger_path: Path | None = None, signer=None, data=None) -> Resources:
-    """Open what ``role`` of ``protocol_module`` declares; ``stack`` closes it. ``data``:
-    the party's records, read before it connected (:func:`read_own_data`)."""
-    resources = Resources(data=data)
+                   ledger_path: Path | None = None, signer=None,
+                   files: dict[str, Any] | None = None) -> Resources:
+    """Open what ``role`` of ``protocol_module`` declares; ``stack`` closes it. ``files``:
+    what the party brought, read before it connected (:func:`read_party_files`)."""
+    resources = Resources(**(files or {}))
     typed = protocol_module.Params.from_dict(params)
     if "budget" in declared(protocol_module, role, typed):
         path = ledger_path or workdir / "ledger" / f"{name}.jsonl"

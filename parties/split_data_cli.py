@@ -23,6 +23,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="iid, or noniid: Dirichlet label skew")
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet skew of --split noniid")
     parser.add_argument("--format", default="csv", choices=["csv", "npz", "parquet"])
+    parser.add_argument("--queries", type=int, default=0,
+                        help="hold out this many rows as the querying party's unlabelled queries "
+                             "(CaPC): written as QUERIER-queries.FORMAT, without labels")
+    parser.add_argument("--querier", help="with --queries: the querying party (default: the first)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="directory to write")
 
@@ -40,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         files = split_to_files(args.dataset, names, args.out, how=args.split, alpha=args.alpha,
-                               seed=args.seed, fmt=args.format)
+                               seed=args.seed, fmt=args.format, queries=args.queries,
+                               querier=args.querier or names[0])
     except (DataFileError, DatasetError) as e:
         print(f"confidant split-data: {e}")
         return 2

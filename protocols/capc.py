@@ -40,12 +40,14 @@ import numpy as np
 import torch
 
 from learning.datasets import SPLITS, TABLES, PartyData, party_data
+from learning.model_files import model_files
 from learning.models import ARCHITECTURES, DEFAULT_ARCH, build_model
 from learning.training import accuracy, train
 from mpc import additive, encoding, randomness
 from mpc.channel import Channel, ChannelError
 from privacy import pate
 
+from . import study_data
 from .context import RoleContext, RoleResult
 from .errors import ParameterError, PeerMisbehaved
 from .params import Params
@@ -66,7 +68,11 @@ RULES = {
     # plaintext simulation mode only (no cryptography):
     ("qp", "ap", "plain"), ("ap", "qp", "plain"), ("qp", "pg", "plain"), ("pg", "qp", "plain"),
 }
-RESOURCES = {"pg": ("budget",)}   # the runner hands the PG its privacy budget
+# the runner hands the PG its privacy budget; with a 'data' study the QP brings its records
+# and its queries, an AP its records; an AP may answer with its own model in any study
+RESOURCES = {"pg": ("budget",),
+             "qp": lambda p: ("data", "queries") if p.data is not None else (),
+             "ap": lambda p: ("model",) + (("data",) if p.data is not None else ())}
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class CapcParams(Params):
     noise_seed: int | None = None   # INSECURE fixed noise, for simulations only
     timeout: float = 600.0
     qp_points: int | None = None    # keep only this many of the QP's own labelled points
+    data: dict | None = None        # the study's data spec: each party brings its own files
 
     def check(self) -> list[str]:
         problems = []
@@ -111,7 +118,7 @@ class CapcParams(Params):
             problems.append(f"qp_points must be at least 2 (or null for all), got {self.qp_points}")
         if self.noise_seed is not None and self.noise_seed < 0:
             problems.append(f"noise_seed must be >= 0 (or null for OS noise), got {self.noise_seed}")
-        return problems
+        return problems + study_data.spec_problems(self.data)
 
     def insecure(self) -> list[str]:
         reasons = []
@@ -145,12 +152,27 @@ def architecture(ctx: RoleContext, p: CapcParams, name: str) -> str:
     return archs[data_parties(ctx).index(name) % len(archs)]
 
 
-def my_data(ctx: RoleContext, p: CapcParams) -> PartyData:
-    try:
-        return party_data(p.dataset, data_parties(ctx), ctx.me, split=p.split,
-                          queries=p.queries, seed=p.seed)
-    except ValueError as e:
-        raise ParameterError(f"capc: {e}") from None
+def my_data(ctx: RoleContext, p: CapcParams) -> PartyData | None:
+    """This party's records (and the QP's queries): its own files in a 'data' study, else
+    its part of the built-in table. None: an AP that answers with its own model only."""
+    if p.data is None:
+        try:
+            return party_data(p.dataset, data_parties(ctx), ctx.me, split=p.split,
+                              queries=p.queries, seed=p.seed)
+        except ValueError as e:
+            raise ParameterError(f"capc: {e}") from None
+    own, asked = ctx.resources.data, ctx.resources.queries
+    if own is None:
+        return None
+    x, y, x_test, y_test = own.split(seed=p.seed)
+    empty = torch.zeros(0, x.shape[1])
+    if ctx.role != "qp":
+        return PartyData(x, y, x_test, y_test, empty, torch.zeros(0, dtype=torch.long), own.classes)
+    if len(asked) < p.queries:
+        raise ParameterError(f"capc: '{ctx.me}' has {len(asked)} queries in {asked.source}, the "
+                             f"study asks {p.queries}; lower queries or add rows")
+    return PartyData(x, y, x_test, y_test, torch.as_tensor(asked.x[:p.queries]),
+                     torch.as_tensor(asked.y[:p.queries]), own.classes)
 
 
 def train_own(ctx: RoleContext, p: CapcParams, x: torch.Tensor, y: torch.Tensor,
@@ -254,6 +276,8 @@ class _Querier:
     public: Any = None
     live_aps: list[str] = field(default_factory=list)
     labels: dict[int, int] = field(default_factory=dict)
+    status: dict[int, str] = field(default_factory=dict)   # query row -> answered/refused/abstained
+    model: Any = None                                       # the latest retrained model
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("answered", "refused", "abstained"), 0))
     timing: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
@@ -327,6 +351,7 @@ class _Querier:
                                           "failed here")
         granted = [int(i) for i in decision["granted"]]
         self.counts["refused"] += len(rows) - len(granted)
+        self.status.update({rows[j]: "refused" for j in range(len(rows)) if j not in set(granted)})
         if not granted:
             return float(decision["epsilon"])
         votes = sum((vote_shares[ap][granted] for ap in decision["aps"]),
@@ -344,8 +369,10 @@ class _Querier:
             if confident[j] > 0.5:
                 self.labels[rows[row]] = int(onehot[j].argmax())
                 self.counts["answered"] += 1
+                self.status[rows[row]] = "answered"
             else:
                 self.counts["abstained"] += 1
+                self.status[rows[row]] = "abstained"
         return float(decision["epsilon"])
 
     def retrained_accuracy(self) -> float:
@@ -353,8 +380,16 @@ class _Querier:
         idx = sorted(self.labels)
         x = torch.cat([self.data.x, self.data.x_queries[idx]])
         y = torch.cat([self.data.y, torch.tensor([self.labels[i] for i in idx], dtype=torch.long)])
-        model = train_own(self.ctx, self.p, x, y, self.data.num_classes)
-        return accuracy(model, self.data.x_test, self.data.y_test)
+        self.model = train_own(self.ctx, self.p, x, y, self.data.num_classes)
+        return accuracy(self.model, self.data.x_test, self.data.y_test)
+
+    def labels_csv(self, ids: np.ndarray) -> bytes:
+        """What the QP learned, one line per query it asked: id, label, status."""
+        lines = ["id,label,status"]
+        for i in range(self.p.queries):
+            status = self.status.get(i, "not asked")
+            lines.append(f"{ids[i]},{self.labels.get(i, '')},{status}")
+        return ("\n".join(lines) + "\n").encode()
 
     def _drop(self, ap: str, error: Exception, when: str = "") -> None:
         self.ctx.progress(f"answering party {ap} dropped out{' ' + when if when else ''}: {error}")
@@ -375,6 +410,8 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
     if not aps:
         raise ParameterError("CaPC needs at least one answering party")
     data = my_data(ctx, p)
+    if data is None:
+        raise ParameterError(f"capc: the querying party '{ctx.me}' needs its own labelled data")
     if p.qp_points:
         data.x, data.y = data.x[:p.qp_points], data.y[:p.qp_points]
     # CPU-heavy steps run in a worker thread so the event loop keeps the transport alive
@@ -401,9 +438,15 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
                      f"accuracy {acc_now:.3f}, epsilon {epsilon:.3g}")
     if p.crypto:
         await ctx.channel.send(q.dealer, f"{NAME}.schedule", {"done": True})
-    correct = sum(int(data.y_queries[i]) == lab for i, lab in q.labels.items())
+    known = bool(len(data.y_queries)) and int(data.y_queries.min()) >= 0   # labels only to score
+    correct = sum(int(data.y_queries[i]) == lab for i, lab in q.labels.items()) if known else None
+    ids = (ctx.resources.queries.ids if p.data is not None else np.arange(p.queries))
+    outputs = {"labels.csv": q.labels_csv(ids),
+               **model_files(q.model if q.model is not None else model, data.x.shape[1],
+                             "capc_qp_model")}
     return RoleResult({
         "role": "qp", "mode": p.mode, "dataset": p.dataset, "split": p.split,
+        "own_data": p.data is not None,
         "own_points": len(data.x),
         "architecture": architecture(ctx, p, ctx.me), "answering_parties": len(aps),
         "answering_parties_at_end": len(q.live_aps), "queries": p.queries,
@@ -412,7 +455,7 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
         "epsilon": epsilon, "delta": p.delta, "accounting": "data-independent, worst case",
         "labels": {str(k): v for k, v in sorted(q.labels.items())}, "curve": curve,
         "timing_seconds": {k: round(v, 3) for k, v in q.timing.items()},
-    })
+    }, outputs=outputs)
 
 
 async def answering_party(ctx: RoleContext) -> RoleResult:
@@ -420,13 +463,18 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
     ch = ctx.channel
     qp, pg, dealer = ctx.one_with_role("qp"), ctx.one_with_role("pg"), ctx.one_with_role("dealer")
     data = my_data(ctx, p)
-    model = await asyncio.to_thread(train_own, ctx, p, data.x, data.y, data.num_classes)
-    acc = accuracy(model, data.x_test, data.y_test)
-    ctx.progress(f"own model ({architecture(ctx, p, ctx.me)}): test accuracy {acc:.3f}")
+    own = ctx.resources.model            # its own model from a file, else one trained here
+    model = own if own is not None else \
+        await asyncio.to_thread(train_own, ctx, p, data.x, data.y, data.num_classes)
+    acc = accuracy(model, data.x_test, data.y_test) if data is not None else None
+    arch = "own model" if own is not None else architecture(ctx, p, ctx.me)
+    ctx.progress(f"own model ({arch}): "
+                 + (f"test accuracy {acc:.3f}" if acc is not None else "no data to test it on"))
+    features = study_data.shape(NAME, p.dataset, p.data, p.seed)[0]
     plan = public = None
     if p.crypto:
         import he
-        plan = he.compile(model, (data.x.shape[1],))
+        plan = he.compile(model, (features,))
         await ch.send(qp, f"{NAME}.depth", plan.depth)
     timing = {"he_evaluate": 0.0, "argmax_2pc": 0.0}
     for b, _rows in enumerate(p.batches()):
@@ -449,7 +497,7 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
         timing["he_evaluate"] += time.perf_counter() - t
         vote = await _timed(timing, "argmax_2pc", _argmax(ch, qp, dealer, p, f"{b}:{ctx.me}", mine))
         await ch.send(pg, f"{NAME}.vote_share", {"batch": b, "share": vote})
-    return RoleResult({"role": "ap", "architecture": architecture(ctx, p, ctx.me),
+    return RoleResult({"role": "ap", "architecture": arch,
                        "test_accuracy": acc, "timing_seconds": {k: round(v, 3) for k, v in timing.items()}})
 
 

@@ -21,9 +21,11 @@ class Resources:
     declares what each role needs in ``RESOURCES = {role: ("budget", ...)}``."""
 
     budget: PrivacyBudget | None = None
-    data: LocalData | None = None   # the party's own records, read and checked at start
+    data: LocalData | None = None      # the party's own records, read and checked at start
+    queries: LocalData | None = None   # a querying party's unlabelled rows (label -1)
+    model: Any = None                  # an answering party's own model (HE-friendly layers)
 
-    KINDS = ("budget", "data")
+    KINDS = ("budget", "data", "queries", "model")
 
 
 @dataclass

@@ -80,7 +80,7 @@ SPEC = DataSpec(3, 2, feature_names=("age", "bp", "chol"))
     (lambda f: f.assign(bp=[np.nan] + [1.0] * (len(f) - 1)), "row 0 has a missing"),
     (lambda f: f.assign(bp=["high"] * len(f)), "non-numeric feature column(s) bp"),
     (lambda f: f[["bp", "age", "chol", "label"]], "another order"),
-    (lambda f: f.head(3), "has 3 rows"),
+    (lambda f: f.head(3), "has 3 rows; at least 4"),
 ])
 def test_a_file_that_does_not_match_the_study_is_refused_by_name(tmp_path, mutate, message):
     path = _csv(tmp_path, mutate(_good()))
@@ -96,7 +96,7 @@ def test_unsupported_format_missing_file_and_bad_study(tmp_path):
     (tmp_path / "client01.xlsx").write_bytes(b"PK")
     with pytest.raises(DataFileError, match="format '.xlsx' is not supported"):
         load_party_data(tmp_path / "client01.xlsx", SPEC, "client01")
-    with pytest.raises(DataFileError, match="expected one data file client02.csv"):
+    with pytest.raises(DataFileError, match="expected one file client02.csv"):
         party_file(tmp_path, "client02")
     with pytest.raises(DataFileError, match="study.json is missing"):
         read_study(tmp_path)
