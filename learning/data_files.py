@@ -267,7 +267,7 @@ def split_to_files(dataset: str, parties: list[str], out_dir: str | Path, *, how
                                        names, ids=idx)
     spec = DataSpec(raw.x_train.shape[1], raw.classes, "label", "id", tuple(names),
                     raw.shift, raw.scale)
-    study = {"dataset": dataset, "split": how, **spec.to_dict()}
+    study = spec.to_dict()   # exactly the protocols' 'data' parameter
     (out / STUDY_FILE).write_text("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}"
                                                      for k, v in study.items()) + "\n}\n")
     return files
@@ -294,8 +294,6 @@ def read_study(directory: str | Path) -> DataSpec:
         d = json.loads(path.read_text())
     except ValueError as e:
         raise DataFileError(f"{path} is not valid JSON ({e})") from None
-    d.pop("dataset", None)
-    d.pop("split", None)
     return DataSpec.from_dict(d)
 
 

@@ -70,4 +70,6 @@ def run(args: argparse.Namespace) -> int:
               f"chown mosquitto {cfg.passwd} {cfg.acl}"
               + (f" {cfg.conf.parent / 'tls' / 'broker.key'}" if cfg.tls == "generated" else ""))
     print(f"run: mosquitto -c {cfg.conf}")
+    print(f"deployment fingerprint: {deployment.fingerprint()} (every party compares it out of "
+          "band; confidant audit --fingerprint pins it)")
     return 0

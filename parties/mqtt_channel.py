@@ -81,8 +81,9 @@ class MqttChannel(Channel):
 
     def __init__(self, deployment: Deployment, keys: PrivateKeys, session: str,
                  transcript: Transcript, *, connect_timeout: float = 30.0,
-                 client_cert: tuple[str, str] | None = None):
+                 client_cert: tuple[str, str] | None = None, bind_address: str = ""):
         self.deployment, self.keys, self.session = deployment, keys, session
+        self.bind_address = bind_address   # the local address to connect from ("" = any)
         self.client_cert = client_cert  # (certificate, key) files, when the broker asks for one
         self._last_error: str | None = None
         self._ssl = self._tls_context()
@@ -246,7 +247,7 @@ class MqttChannel(Channel):
             try:
                 async with aiomqtt.Client(
                         self.deployment.broker_host, self.deployment.broker_port,
-                        identifier=self.client_id,
+                        identifier=self.client_id, bind_address=self.bind_address,
                         username=self.me, password=self.keys.mqtt_password, will=will,
                         # A crashed process's socket closes at once, so the broker sends
                         # its last will immediately; keepalive only covers silent network

@@ -70,7 +70,8 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
                     params: dict[str, Any], workdir: Path, peer_timeout: float = 60.0,
                     ledger_path: Path | None = None, insecure: list[str] | None = None,
                     client_cert: tuple[str, str] | None = None,
-                    crash: CrashPlan | None = None, files: dict | None = None) -> dict:
+                    crash: CrashPlan | None = None, files: dict | None = None,
+                    bind_address: str = "") -> dict:
     """Connect, run this party's role of ``protocol``, and report. Returns the result record."""
     import protocols
     from protocols import RoleContext
@@ -96,7 +97,8 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
                               "session id, e.g. --session $(date +%s)")
     transcript = Transcript(transcript_path(workdir, name), name, keys.sign_key)
     try:
-        channel = MqttChannel(deployment, keys, session, transcript, client_cert=client_cert)
+        channel = MqttChannel(deployment, keys, session, transcript, client_cert=client_cert,
+                              bind_address=bind_address)
         ctx: RoleContext | None = None
         channel.conformance = Conformance(module.NAME, module.RULES, roles)
         await channel.start()
@@ -213,6 +215,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="an answering party's own model: .onnx (PyTorch, "
                              "scikit-learn via skl2onnx, ...) or .pt ({'architecture': NAME, "
                              "'state_dict': ...}); checked for CKKS before connecting")
+    parser.add_argument("--bind-address", default="",
+                        help="connect to the broker from this local address (a machine with "
+                             "several interfaces; default: any)")
     parser.add_argument("--log-level", default="WARNING")
 
 
@@ -292,7 +297,8 @@ def run(args: argparse.Namespace) -> int:
         return await asyncio.gather(*(
             run_party(deployment, keys, args.protocol, args.session, params, workdir,
                       args.peer_timeout, Path(args.ledger) if args.ledger else None,
-                      insecure=insecure, client_cert=client_cert, crash=crash, files=own[keys.name])
+                      insecure=insecure, client_cert=client_cert, crash=crash, files=own[keys.name],
+                      bind_address=args.bind_address)
             for keys in all_keys), return_exceptions=True)
 
     try:
