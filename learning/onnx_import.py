@@ -27,12 +27,13 @@ from torch import nn
 
 from he.activations import Poly
 
+RETRAIN = "then retrain (learning.models.build_model makes such MLPs; learning.training.train)"
 INSTEAD = {
-    "Relu": "a degree-2 polynomial (he.PolyReLU or he.Square), then retrain",
-    "LeakyRelu": "a degree-2 polynomial (he.PolyReLU or he.Square), then retrain",
-    "Sigmoid": "a degree-2 polynomial, then retrain (or drop it if it is the last layer)",
-    "Tanh": "a degree-2 polynomial, then retrain",
-    "Gelu": "he.PolySiLU or he.Square, then retrain",
+    "Relu": f"a degree-2 polynomial (he.PolyReLU or he.Square), {RETRAIN}",
+    "LeakyRelu": f"a degree-2 polynomial (he.PolyReLU or he.Square), {RETRAIN}",
+    "Sigmoid": f"a degree-2 polynomial, {RETRAIN}; as the last layer, drop it",
+    "Tanh": f"a degree-2 polynomial, {RETRAIN}",
+    "Gelu": f"he.PolySiLU or he.Square, {RETRAIN}",
     "MaxPool": "AveragePool",
     "GlobalMaxPool": "GlobalAveragePool (as AveragePool)",
     "Softmax": "nothing: drop it unless it is the last layer",
@@ -90,7 +91,7 @@ def import_onnx(model: onnx.ModelProto | bytes | str, features: int, classes: in
     if len(inputs) != 1:
         raise OnnxImportError(f"the model takes {len(inputs)} inputs; one (rows x features) is needed")
     dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) >= 2 and dims[-1] and len(dims) == 2 and dims[-1] != features:
+    if len(dims) == 2 and dims[1] and dims[1] != features:
         raise OnnxImportError(f"its input has {dims[-1]} features, the study declares {features}")
     # Every value the graph computes for 3 rows of zeros: shape arithmetic an exporter
     # emits (Shape, Slice, Concat, ...) then reads as constants; ranks come from shapes.
