@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 
 from privacy.pate import (
     DEFAULT_ORDERS,
+    PateAccountant,
     PateError,
     epsilon_curve,
     epsilon_from_rdp,
@@ -35,7 +36,6 @@ from privacy.pate import (
     gnmax_rdp_from_logq,
     threshold_log_pr_answered,
     threshold_rdp_data_independent,
-    threshold_rdp_from_log_pr,
 )
 
 
@@ -167,8 +167,8 @@ def _data_dependent_costs(votes: NDArray[np.float64], args: argparse.Namespace,
             g = gnmax_rdp_from_logq(gnmax_logq(v, args.sigma2), args.sigma2, DEFAULT_ORDERS)
             if confident:
                 log_pr = threshold_log_pr_answered(v, args.threshold, args.sigma1)
-                cost = threshold_rdp_from_log_pr(log_pr, args.sigma1, DEFAULT_ORDERS)
-                cache[key] = (cost + math.exp(log_pr) * g, math.exp(log_pr))
+                cache[key] = (PateAccountant(DEFAULT_ORDERS).expected_confident_gnmax(
+                    v, args.threshold, args.sigma1, args.sigma2), math.exp(log_pr))
             else:
                 cache[key] = (g, 1.0)
         rows.append(cache[key][0])

@@ -399,10 +399,11 @@ class PateAccountant:
         """Charge one Confident-GNMax query.
 
         ``answered=True/False`` charges the realized cost: the threshold check
-        always, the GNMax step only if it answered.  ``answered=None`` charges
-        the expected cost ``threshold + Pr[answered] * gnmax``; Pr[answered]
-        comes from the votes, so data-independent accounting without a known
-        outcome charges the worst case (as if answered).
+        always, the GNMax step only if it answered.  ``answered=None`` (the
+        outcome is not known to whoever charges) is charged and counted as
+        answered, the worst case, in both data-independent and data-dependent
+        accounting: one rule. The expected cost is a planning estimate, never a
+        charge: :meth:`expected_confident_gnmax`.
         """
         if data_dependent:
             if votes is None:
@@ -426,12 +427,19 @@ class PateAccountant:
         computed elsewhere (e.g. in MPC).  ``answered`` as in
         :meth:`add_confident_gnmax`."""
         cost = threshold_rdp_from_log_pr(log_pr_answered, sigma_threshold, self._orders)
-        step2 = gnmax_rdp_from_logq(logq, sigma_gnmax, self._orders)
-        if answered is None:
-            cost = cost + math.exp(log_pr_answered) * step2
-        elif answered:
-            cost = cost + step2
-        self.add_rdp(cost, data_dependent=True, answered=bool(answered))
+        if answered is None or answered:
+            cost = cost + gnmax_rdp_from_logq(logq, sigma_gnmax, self._orders)
+        self.add_rdp(cost, data_dependent=True, answered=answered is None or answered)
+
+    def expected_confident_gnmax(self, votes: ArrayLike, threshold: float, sigma_threshold: float,
+                                 sigma_gnmax: float) -> np.ndarray:
+        """The expected data-dependent RDP of one Confident-GNMax query,
+        ``threshold + Pr[answered] * gnmax``: for planning only (what a run may
+        cost), not a guarantee, and never charged."""
+        log_pr = threshold_log_pr_answered(votes, threshold, sigma_threshold)
+        return (threshold_rdp_from_log_pr(log_pr, sigma_threshold, self._orders)
+                + math.exp(log_pr) * gnmax_rdp_from_logq(gnmax_logq(votes, sigma_gnmax),
+                                                        sigma_gnmax, self._orders))
 
     # -- reading epsilon ---------------------------------------------------
     def epsilon(self, delta: float, conversion: Conversion = "improved") -> float:

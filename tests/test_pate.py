@@ -136,18 +136,26 @@ def test_confident_gnmax_realized_and_expected_costs() -> None:
     t_cost = threshold_rdp_from_log_pr(threshold_log_pr_answered(UNANIMOUS, 300, 200.0), 200.0)
     g_cost = gnmax_rdp_from_logq(gnmax_logq(UNANIMOUS, 40.0), 40.0)
     p = scipy.stats.norm.sf(50 / 200)
-    cases = {None: t_cost + p * g_cost, True: t_cost + g_cost, False: t_cost}
+    # one rule for an unknown outcome (None): charged and counted as answered, on both paths
+    cases = {None: t_cost + g_cost, True: t_cost + g_cost, False: t_cost}
     for answered, expected in cases.items():
         acc = PateAccountant()
         acc.add_confident_gnmax(UNANIMOUS, 300, 200.0, 40.0, answered=answered,
                                 data_dependent=True)
         np.testing.assert_allclose(acc.rdp, expected, rtol=1e-12)
+        assert acc.answered == (answered is not False)
+    # the expected cost: a planning estimate, never charged
+    acc = PateAccountant()
+    np.testing.assert_allclose(acc.expected_confident_gnmax(UNANIMOUS, 300, 200.0, 40.0),
+                               t_cost + p * g_cost, rtol=1e-12)
+    assert not acc.rdp.any() and acc.queries == 0
     # Data-independent: realized costs, and the worst case when the outcome is unknown.
     di_t, di_g = threshold_rdp_data_independent(200.0), gnmax_rdp_data_independent(40.0)
     for answered, expected in {None: di_t + di_g, True: di_t + di_g, False: di_t}.items():
         acc = PateAccountant(o)
         acc.add_confident_gnmax(None, 300, 200.0, 40.0, answered=answered)
         np.testing.assert_allclose(acc.rdp, expected)
+        assert acc.answered == (answered is not False)
 
 
 def test_what_if_equals_actually_charging() -> None:

@@ -31,7 +31,7 @@ def test_data_independent_and_data_dependent_rows(capsys, tmp_path: Path) -> Non
     votes = [250] + [0] * 9
     for _ in range(200):
         ind.add_confident_gnmax(None, 300, 200.0, 40.0)
-        dep.add_confident_gnmax(votes, 300, 200.0, 40.0, data_dependent=True)
+        dep.add_rdp(dep.expected_confident_gnmax(votes, 300, 200.0, 40.0), data_dependent=True)
     assert _row(out, "data-independent, worst case") == pytest.approx(
         (ind.epsilon(1e-6, "classic"), ind.epsilon(1e-6, "improved")), abs=1e-4)
     assert _row(out, "DATA-DEPENDENT") == pytest.approx(
@@ -54,7 +54,7 @@ def test_votes_file_with_one_row_per_query(capsys, tmp_path: Path) -> None:
     assert main(CAPC + ["--queries", "5", "--votes-profile", str(path)]) == 0
     dep = PateAccountant()
     for v in rows:
-        dep.add_confident_gnmax(v, 300, 200.0, 40.0, data_dependent=True)
+        dep.add_rdp(dep.expected_confident_gnmax(v, 300, 200.0, 40.0), data_dependent=True)
     assert _row(capsys.readouterr().out, "DATA-DEPENDENT")[1] == pytest.approx(
         dep.epsilon(1e-6), abs=1e-4)
 
