@@ -122,9 +122,11 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
                 save_state(workdir, name, {**state, **result.private})
             if result.outputs:   # the operator's files: its trained model, its labels
                 out = workdir / "outputs" / name
-                out.mkdir(parents=True, exist_ok=True)
+                out.mkdir(parents=True, exist_ok=True, mode=0o700)   # private, like its state
                 for filename, content in result.outputs.items():
-                    (out / Path(filename).name).write_bytes(content)
+                    path = out / Path(filename).name
+                    path.touch(mode=0o600)
+                    path.write_bytes(content)
                 record["outputs"] = sorted(str(out / Path(f).name) for f in result.outputs)
         except Exception as e:  # reported by name in results, and the exit code
             record.update(ok=False, error=f"{type(e).__name__}: {e}", fault=fault_of(e))

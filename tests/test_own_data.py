@@ -151,6 +151,7 @@ def test_fedavg_between_processes_on_own_files(tmp_path):
         # as the party reported, and the ONNX graph computes the same logits
         files = {Path(f).name: Path(f) for f in rec["outputs"]}
         assert set(files) == {"fedavg_model.onnx", "fedavg_model.pt2"}
+        assert all(f.stat().st_mode & 0o777 == 0o600 for f in files.values())   # private
         _, _, x_test, y_test = load_party_data(party_file(data, name), spec, name).split()
         program = torch.export.load(files["fedavg_model.pt2"]).module()
         logits = program(x_test).detach()
