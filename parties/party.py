@@ -71,7 +71,7 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
                     ledger_path: Path | None = None, insecure: list[str] | None = None,
                     client_cert: tuple[str, str] | None = None,
                     crash: CrashPlan | None = None, files: dict | None = None,
-                    bind_address: str = "") -> dict:
+                    bind_address: str = "", connect_timeout: float = 30.0) -> dict:
     """Connect, run this party's role of ``protocol``, and report. Returns the result record."""
     import protocols
     from protocols import RoleContext
@@ -98,7 +98,7 @@ async def run_party(deployment: Deployment, keys: PrivateKeys, protocol: str, se
     transcript = Transcript(transcript_path(workdir, name), name, keys.sign_key)
     try:
         channel = MqttChannel(deployment, keys, session, transcript, client_cert=client_cert,
-                              bind_address=bind_address)
+                              bind_address=bind_address, connect_timeout=connect_timeout)
         ctx: RoleContext | None = None
         channel.conformance = Conformance(module.NAME, module.RULES, roles)
         await channel.start()
@@ -217,6 +217,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="an answering party's own model: .onnx (PyTorch, "
                              "scikit-learn via skl2onnx, ...) or .pt ({'architecture': NAME, "
                              "'state_dict': ...}); checked for CKKS before connecting")
+    parser.add_argument("--connect-timeout", type=float, default=30.0,
+                        help="seconds to keep trying to reach the broker at start")
     parser.add_argument("--bind-address", default="",
                         help="connect to the broker from this local address (a machine with "
                              "several interfaces; default: any)")
@@ -300,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
             run_party(deployment, keys, args.protocol, args.session, params, workdir,
                       args.peer_timeout, Path(args.ledger) if args.ledger else None,
                       insecure=insecure, client_cert=client_cert, crash=crash, files=own[keys.name],
-                      bind_address=args.bind_address)
+                      bind_address=args.bind_address, connect_timeout=args.connect_timeout)
             for keys in all_keys), return_exceptions=True)
 
     try:

@@ -74,7 +74,8 @@ def test_a_party_refuses_insecure_parameters_unless_its_operator_opts_in(tmp_pat
                          "mqtt://127.0.0.1:9", name="insecure-test")
     cmd = [sys.executable, "-m", "parties.party", "--deployment", str(tmp_path / "deployment.toml"),
            "--name", "ap", "--key", str(tmp_path / "keys" / "ap.key"), "--protocol", "capc",
-           "--session", "s", "--params", json.dumps(params), "--peer-timeout", "1"]
+           "--session", "s", "--params", json.dumps(params), "--peer-timeout", "1",
+           "--connect-timeout", "2"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--allow-insecure" in out.stderr, out.stderr[-500:]
     assert "Traceback" not in out.stderr
