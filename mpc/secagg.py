@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from . import bitpack
+
 SEED_BYTES = 32
 
 
@@ -162,20 +164,15 @@ def to_signed(total: np.ndarray, k: int) -> np.ndarray:
 def pack(y: np.ndarray, k: int) -> bytes:
     """Elements of Z_2^k, k bits each (little-endian bit order): the upload is d*k/8 bytes,
     not 8*d."""
-    rows = np.ascontiguousarray(y, dtype="<u8").view(np.uint8).reshape(-1, 8)
-    return np.packbits(np.unpackbits(rows, axis=1, bitorder="little")[:, :k],
-                       bitorder="little").tobytes()
+    return bitpack.pack(y, k)
 
 
 def unpack(data: bytes, k: int, dim: int) -> np.ndarray:
     """The inverse of :func:`pack`; a wrong length is a malformed upload."""
-    if len(data) != (dim * k + 7) // 8:
-        raise SecAggError(f"a packed vector of {dim} {k}-bit elements has {(dim * k + 7) // 8} "
-                          f"bytes, got {len(data)}")
-    bits = np.zeros((dim, 64), dtype=np.uint8)
-    bits[:, :k] = np.unpackbits(np.frombuffer(data, np.uint8), count=dim * k,
-                                bitorder="little").reshape(dim, k)
-    return np.packbits(bits, axis=1, bitorder="little").reshape(-1).view("<u8").astype(np.uint64)
+    try:
+        return bitpack.unpack(data, k, dim)
+    except bitpack.BitPackError as e:
+        raise SecAggError(f"a packed vector of {dim} {k}-bit elements: {e}") from None
 
 
 # --------------------------------------------------------------------------- graph

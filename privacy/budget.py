@@ -1,6 +1,7 @@
 """A privacy budget policy: which PATE queries a guardian may still answer, and which
-pure-DP releases (a DSSGD participant's private uploads) or Skellam-noised sums (a
-FedAvg client's secure-aggregation rounds) a party may still make.
+pure-DP releases (a DSSGD participant's private uploads), Skellam-noised sums (a
+FedAvg client's secure-aggregation rounds), randomized quantizations (a Hash-Comb
+owner's rounds) or Gaussian-noised uploads (its DP-FedAvg baseline) a party may still make.
 
 Pure and in memory: :class:`PrivacyBudget` decides, records and replays
 *entries* (plain dicts): a ``charge`` (a query granted, charged before its
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .gaussian import rdp as gaussian_rdp
 from .pate import (
     DEFAULT_ORDERS,
     Conversion,
@@ -32,6 +34,8 @@ from .pate import (
     gnmax_rdp_data_independent,
     threshold_rdp_data_independent,
 )
+from .rqm import RQM
+from .rqm import rdp as rqm_rdp
 from .skellam import rdp as skellam_rdp
 from .svt import pure_dp_rdp
 
@@ -116,6 +120,24 @@ class PrivacyBudget:
                              {"mechanism": "skellam", "l1": float(l1), "l2": float(l2), "mu": float(mu)},
                              query_id)
 
+    def request_rqm(self, levels: int, lo: float, hi: float, margin: float, q: float,
+                    coordinates: int, query_id: str = "") -> Decision:
+        """Ask to release ``coordinates`` values through the Randomized Quantization
+        Mechanism on a Hash-Comb tree's leaves (privacy/rqm.py): one Hash-Comb round."""
+        params = {"mechanism": "rqm", "levels": int(levels), "lo": float(lo), "hi": float(hi),
+                  "margin": float(margin), "q": float(q), "coordinates": int(coordinates)}
+        return self._request(self._rqm_cost(params), params, query_id)
+
+    def request_gaussian(self, noise_multiplier: float, query_id: str = "") -> Decision:
+        """Ask to release one value carrying Gaussian noise of ``noise_multiplier`` times
+        its L2 sensitivity (a local DP-FedAvg upload)."""
+        if not (isinstance(noise_multiplier, int | float) and math.isfinite(noise_multiplier)
+                and noise_multiplier > 0):
+            raise BudgetError(f"noise multiplier must be positive, got {noise_multiplier!r}")
+        return self._request(gaussian_rdp(self._orders, float(noise_multiplier)),
+                             {"mechanism": "gaussian", "noise_multiplier": float(noise_multiplier)},
+                             query_id)
+
     def settle(self, seq: int, answered: bool) -> None:
         """Record whether the Confident-GNMax query charged at ``seq`` answered;
         if it abstained its GNMax step is no longer charged."""
@@ -156,6 +178,11 @@ class PrivacyBudget:
             elif kind == "charge" and entry["mechanism"] == "skellam":
                 self._acc.add_rdp(skellam_rdp(self._orders, float(entry["l1"]), float(entry["l2"]),
                                               float(entry["mu"])), data_dependent=False)
+            elif kind == "charge" and entry["mechanism"] == "rqm":
+                self._acc.add_rdp(self._rqm_cost(entry), data_dependent=False)
+            elif kind == "charge" and entry["mechanism"] == "gaussian":
+                self._acc.add_rdp(gaussian_rdp(self._orders, float(entry["noise_multiplier"])),
+                                  data_dependent=False)
             elif kind == "charge" and entry["mechanism"] == "confident_gnmax":
                 sigmas = (entry["sigma_threshold"], entry["sigma_gnmax"])
                 cost = self._confident_cost(*sigmas)
@@ -191,6 +218,11 @@ class PrivacyBudget:
     def _confident_cost(self, sigma_threshold: float, sigma_gnmax: float) -> NDArray[np.float64]:
         return (threshold_rdp_data_independent(sigma_threshold, self._orders)
                 + gnmax_rdp_data_independent(sigma_gnmax, self._orders))
+
+    def _rqm_cost(self, p: dict[str, Any]) -> NDArray[np.float64]:
+        mech = RQM.on_leaves(int(p["levels"]), float(p["lo"]), float(p["hi"]), float(p["margin"]),
+                             float(p["q"]))
+        return int(p["coordinates"]) * rqm_rdp(mech, self._orders)
 
     def _worst_rdp(self) -> NDArray[np.float64]:
         return self._acc.rdp + self._pending_sum

@@ -18,16 +18,17 @@ import protocols
 from learning.datasets import DatasetError, partition
 from mpc.channel import Channel, InMemoryNetwork
 from parties.audit import audit_run
-from privacy.hashcomb_codec import HashComb, HashCombParams, TokenHistogram, UnknownTokenError
+from mpc import wire
+from privacy.hashcomb_codec import HashCombParams
+from privacy.hashcomb_tokens import TokenCounts, TokenPermutation, permutation_key, unpack_upload
 from protocols import ParameterError, ProtocolError, RoleContext
 from protocols.hashcomb_fl import (
     FLConfig,
-    coordinate_mask,
+    decode_mean,
     get_flat,
     make_model,
-    quantize_tokens,
+    node_labels,
     round_context,
-    unmask_histogram,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,26 +102,34 @@ def test_hashcomb_fl_tracks_fedavg(states):
     assert max(gaps[1:]) <= 0.05
 
 
+def _leaf_centres(hp: HashCombParams, labels: np.ndarray) -> np.ndarray:
+    a, b = hp.lo - hp.delta, hp.hi + hp.delta
+    return a + (labels + 0.5) * (b - a) / 2 ** hp.levels
+
+
 def test_decoded_aggregate_is_mean_of_quantized_updates(states):
     cfg = {**FAST, "rounds": 1, "scale": 2.0}
     res, rec, session = run("hcfl", cfg, states, record=("aggregator",))
     key, seed = states["owner1"]["hashcomb_key"], states["owner1"]["hashcomb_seed"]
     hp = HashCombParams(**states["owner1"]["hashcomb_params"])
-    ctx = round_context(seed, session, 0)
-    hc = HashComb.from_params(hp, key=key, context=ctx)
-    uploads = [TokenHistogram.from_wire(p["hist"]) for _, kind, p in rec["aggregator"].received]
+    uploads = [p for _, kind, p in rec["aggregator"].received]
     assert len(uploads) == len(OWNERS)
-    mask = coordinate_mask(key, ctx, uploads[0].dim)
-    quantized = np.stack([hc.decode(u.tokens ^ mask) for u in uploads])  # each owner's bin centres
+    dim, bits = uploads[0]["dim"], uploads[0]["bits"]
+    assert bits == hp.levels and all(len(u["tokens"]) == dim for u in uploads)  # 8 bits a coordinate
+    perm = TokenPermutation(permutation_key(key, round_context(seed, session, 0)), dim, bits)
+    labels = [perm.inverse(unpack_upload(u["tokens"], bits, dim), np.arange(dim)) for u in uploads]
+    quantized = np.stack([_leaf_centres(hp, lab) for lab in labels])  # each owner's bin centres
     replies = [p for _, _, p in rec["aggregator"].sent]
     assert len(replies) == len(OWNERS) and all(r is replies[0] for r in replies)
-    reply = replies[0]
-    agg = unmask_histogram(TokenHistogram.from_wire(reply["hist"]), mask)
-    # exact: integer sums of centre numerators equal those of the owners' own tokens
-    sums, counts = hc.histogram_sums(agg)
-    own = [hc.histogram_sums(unmask_histogram(u, mask))[0] for u in uploads]
-    assert np.array_equal(sums, np.sum(own, axis=0)) and np.all(counts == len(OWNERS))
-    mean = hc.decode_histogram(agg)
+    agg = TokenCounts.from_wire(wire.decode(wire.encode(replies[0]["counts"])), dim=dim,
+                                owners=len(OWNERS), bits=bits)
+    coords = agg.coordinates()
+    got = perm.inverse(agg.tokens, coords)
+    # exact: the aggregate holds every owner's node with its multiplicity, per coordinate
+    mine = sorted(zip(np.tile(np.arange(dim), len(OWNERS)), np.concatenate(labels), strict=True))
+    theirs = sorted((c, g) for c, g, k in zip(coords, got, agg.counts, strict=True) for _ in range(k))
+    assert [(int(c), int(g)) for c, g in mine] == [(int(c), int(g)) for c, g in theirs]
+    mean = decode_mean(hp, got, agg.counts, coords, dim, len(OWNERS))
     np.testing.assert_allclose(mean, quantized.mean(0), rtol=0, atol=4 * np.spacing(0.36))
     # and that, divided by the scale, is exactly what every owner applied to the model
     fl = FLConfig.from_dict(cfg)
@@ -151,30 +160,30 @@ def test_aggregator_receives_nothing_decodable(states):
     received = rec["aggregator"].received
     assert {kind for _, kind, _ in received} == {"hcfl.tokens"}
     leaves = [x for _, _, p in received for x in _walk(p)]
-    arrays = [x for x in leaves if isinstance(x, np.ndarray)]
-    assert arrays and all(a.dtype == np.uint64 for a in arrays)  # no float arrays at all
-    assert not any(isinstance(x, float) for x in leaves)
-    toks = arrays[0]
-    # masking: equal bins at different coordinates no longer share a token (leaf tokens: <= 256)
-    assert np.unique(toks).size > 0.99 * toks.size
-    # even with the key and the round's context, masked tokens are not table tokens
+    assert not any(isinstance(x, float | np.ndarray) for x in leaves)  # no values, no arrays
+    assert {k for _, _, p in received for k in p} == {"round", "bits", "dim", "tag", "tokens"}
     key, seed = states["owner1"]["hashcomb_key"], states["owner1"]["hashcomb_seed"]
-    hp = HashCombParams(**states["owner1"]["hashcomb_params"])
-    hc = HashComb.from_params(hp, key=key, context=round_context(seed, session, 0))
-    with pytest.raises(UnknownTokenError):
-        hc.decode(toks)
-    # a guessed key decodes nothing either
-    with pytest.raises(UnknownTokenError):
-        HashComb.from_params(hp, key=b"k" * 32).decode(toks)
+    dim, bits = received[0][2]["dim"], received[0][2]["bits"]
+    toks = unpack_upload(received[0][2]["tokens"], bits, dim)
+    # the tokens are not the leaf labels: the keyed permutation, and a guessed key, give others
+    right = TokenPermutation(permutation_key(key, round_context(seed, session, 0)), dim, bits)
+    wrong = TokenPermutation(permutation_key(b"k" * 32, round_context(seed, session, 0)), dim, bits)
+    coords = np.arange(dim)
+    assert np.mean(right.inverse(toks, coords) == wrong.inverse(toks, coords)) < 0.05
+    assert np.mean(toks == right.inverse(toks, coords)) < 0.05
 
 
-def test_unmasked_round_tables_differ_between_rounds(states):
+def test_unmasked_tokens_are_leaf_labels_and_masked_ones_change_every_round(states):
     res, rec, session = run("hcfl", {**FAST, "rounds": 2, "mask": False, "rounding": "nearest"},
                             states, record=("aggregator",))
-    by_round = [set(p["hist"]["tokens"].tolist()) for _, _, p in rec["aggregator"].received]
-    r0 = set().union(*by_round[:len(OWNERS)])
-    r1 = set().union(*by_round[len(OWNERS):])
-    assert len(r0) <= 256 and not r0 & r1  # leaf tokens, and a fresh table every round
+    first = rec["aggregator"].received[0][2]
+    toks = unpack_upload(first["tokens"], first["bits"], first["dim"])
+    assert abs(np.median(toks) - 127.5) <= 2   # plain bin indices: updates centre on the middle bins
+    key, seed = states["owner1"]["hashcomb_key"], states["owner1"]["hashcomb_seed"]
+    a, b = (TokenPermutation(permutation_key(key, round_context(seed, session, r)), 100, 8)
+            for r in (0, 1))
+    same = a.forward(np.zeros(100)) == b.forward(np.zeros(100))
+    assert same.mean() < 0.05
 
 
 def test_owner_without_setup_state_is_told_to_run_hcsetup():
@@ -200,31 +209,23 @@ def test_bad_parameters_raise_parameter_error():
 
 
 def test_stochastic_rounding_is_unbiased_and_nearest_is_not():
-    hc = HashComb(levels=8, lo=-0.35, hi=0.35, delta=0.01, key=bytes(range(32)))
+    hp = HashCombParams(levels=8, lo=-0.35, hi=0.35, delta=0.01)
     x = np.full(200_000, 0.0003)  # well inside one bin: nearest rounding is off by ~0.0011
     rng = np.random.default_rng(1)
-    stoch = hc.decode(quantize_tokens(hc, x, "stochastic", rng)).mean()
-    near = hc.decode(quantize_tokens(hc, x, "nearest", rng)).mean()
-    w = hc.bin_width()
+    stoch = _leaf_centres(hp, node_labels(hp, x, "stochastic", rng)).mean()
+    near = _leaf_centres(hp, node_labels(hp, x, "nearest", rng)).mean()
+    w = 0.72 / 256
     assert abs(stoch - 0.0003) < 5 * (w / 2) / np.sqrt(x.size)
     assert abs(near - 0.0003) > 0.25 * w
 
 
 def test_randomized_release_is_unbiased_too():
-    hc = HashComb(levels=8, lo=-0.35, hi=0.35, delta=0.01, key=bytes(range(32)), p=0.5)
+    hp = HashCombParams(levels=8, lo=-0.35, hi=0.35, delta=0.01, p=0.5)
     x = np.full(200_000, 0.05)
-    got = hc.decode(quantize_tokens(hc, x, "stochastic", np.random.default_rng(2)))
+    pos = node_labels(hp, x, "stochastic", np.random.default_rng(2))
+    got = decode_mean(hp, pos, np.ones(x.size), np.arange(x.size), x.size, 1)
     assert abs(got.mean() - 0.05) < 5 * got.std() / np.sqrt(x.size)
-    assert np.unique(hc.levels_of(quantize_tokens(hc, x, "stochastic", None))).size > 3
-
-
-def test_masks_depend_on_key_and_context():
-    k1, k2 = bytes(32), bytes([1]) * 32
-    m = coordinate_mask(k1, b"a", 1000)
-    assert np.array_equal(m, coordinate_mask(k1, b"a", 1000))
-    assert np.array_equal(m[:10], coordinate_mask(k1, b"a", 10))
-    assert not np.any(m == coordinate_mask(k1, b"b", 1000))
-    assert not np.any(m == coordinate_mask(k2, b"a", 1000))
+    assert np.unique(np.floor(np.log2(pos))).size > 3   # several levels released
 
 
 @settings(max_examples=40, deadline=None)
