@@ -21,7 +21,10 @@ from parties.audit import audit_run
 from mpc import wire
 from privacy.hashcomb_codec import HashCombParams
 from privacy.hashcomb_tokens import TokenCounts, TokenPermutation, permutation_key, unpack_upload
+from privacy import rqm
+from privacy.budget import PrivacyBudget
 from protocols import ParameterError, ProtocolError, RoleContext
+from protocols.context import Resources
 from protocols.hashcomb_fl import (
     FLConfig,
     decode_mean,
@@ -55,8 +58,8 @@ class Recorder(Channel):
         return got
 
 
-def run(protocol: str, params: dict, states: dict[str, dict],
-        record: tuple[str, ...] = ()) -> tuple[dict, dict[str, Recorder], str]:
+def run(protocol: str, params: dict, states: dict[str, dict], record: tuple[str, ...] = (),
+        budgets: dict[str, PrivacyBudget] | None = None) -> tuple[dict, dict[str, Recorder], str]:
     """Every party's role of ``protocol`` in one event loop; returns results, recorders, session."""
     net = InMemoryNetwork([n for n, _ in PARTIES])
     roles = dict(PARTIES)
@@ -65,7 +68,8 @@ def run(protocol: str, params: dict, states: dict[str, dict],
     async def one(name: str):
         ch = recorders.get(name) or net.channel(name)
         fn = protocols.role_function(protocol, roles[name])
-        return await fn(RoleContext(ch, roles, params, states.get(name, {})))
+        resources = Resources(budget=(budgets or {}).get(name))
+        return await fn(RoleContext(ch, roles, params, states.get(name, {}), resources=resources))
 
     async def main():
         return await asyncio.gather(*(one(n) for n, _ in PARTIES), return_exceptions=True)
@@ -184,6 +188,63 @@ def test_unmasked_tokens_are_leaf_labels_and_masked_ones_change_every_round(stat
             for r in (0, 1))
     same = a.forward(np.zeros(100)) == b.forward(np.zeros(100))
     assert same.mean() < 0.05
+
+
+@pytest.fixture(scope="module")
+def wide_states(states) -> dict[str, dict]:
+    """The setup with a margin wide enough for a private run (the RQM needs one)."""
+    out = {n: dict(s) for n, s in states.items()}
+    for s in out.values():
+        if "hashcomb_params" in s:
+            s["hashcomb_params"] = {**s["hashcomb_params"], "delta": 4.0}
+    return out
+
+
+@pytest.mark.parametrize("encoding", ["hashcomb", "float"])
+def test_private_run_meets_its_epsilon_and_charges_every_ledger(wide_states, encoding):
+    eps, rounds = 2000.0, 3
+    budgets = {o: PrivacyBudget(eps, 1e-5) for o in OWNERS}
+    cfg = {**FAST, "rounds": rounds, "encoding": encoding, "rdp_epsilon": eps,
+           "epsilon_budget": eps}
+    res, rec, session = run("hcfl", cfg, wide_states, record=("aggregator",), budgets=budgets)
+    for o in OWNERS:
+        assert not isinstance(res[o], BaseException), res[o]
+        pub = res[o].public
+        assert [r["epsilon"] for r in pub["rounds"]] == sorted(r["epsilon"] for r in pub["rounds"])
+        assert 0.9 * eps < pub["epsilon"] <= eps                     # calibrated to the target
+        assert budgets[o].epsilon_spent() == pytest.approx(pub["epsilon"], rel=1e-3)
+        assert budgets[o].entries == rounds + 1                      # one charge per round
+    if encoding == "float":
+        return
+    hp = HashCombParams(**wide_states["owner1"]["hashcomb_params"])
+    q = res["owner1"].public["hashcomb"]["rqm_q"]
+    mech = rqm.RQM.on_leaves(hp.levels, hp.lo, hp.hi, hp.delta, q)
+    assert rqm.epsilon(mech, res["owner1"].public["dimension"], rounds, 1e-5) <= eps
+    # what the owners released are RQM outputs: leaves far outside [lo, hi] occur
+    key, seed = wide_states["owner1"]["hashcomb_key"], wide_states["owner1"]["hashcomb_seed"]
+    up = rec["aggregator"].received[0][2]
+    perm = TokenPermutation(permutation_key(key, round_context(seed, session, 0)), up["dim"], up["bits"])
+    values = mech.levels()[perm.inverse(unpack_upload(up["tokens"], up["bits"], up["dim"]),
+                                        np.arange(up["dim"]))]
+    assert np.mean(np.abs(values) > hp.hi) > 0.2
+
+
+def test_private_run_refused_by_a_spent_ledger(wide_states):
+    budgets = {o: PrivacyBudget(10.0, 1e-5) for o in OWNERS}
+    budgets["owner2"] = PrivacyBudget(3.0, 1e-5)       # owner2's ledger has less left
+    cfg = {**FAST, "rounds": 2, "rdp_epsilon": 10.0, "encoding": "float", "timeout": 5}
+    res, _, _ = run("hcfl", cfg, wide_states, budgets=budgets)
+    assert isinstance(res["owner2"], ProtocolError) and "privacy budget refuses" in str(res["owner2"])
+
+
+def test_rqm_with_random_levels_is_refused(states):
+    randomized = {n: dict(s) for n, s in states.items()}
+    for s in randomized.values():
+        if "hashcomb_params" in s:
+            s["hashcomb_params"] = {**s["hashcomb_params"], "p": 0.5, "delta": 4.0}
+    cfg = {**FAST, "rounds": 1, "rdp_epsilon": 5.0, "timeout": 5}
+    res, _, _ = run("hcfl", cfg, randomized, budgets={o: PrivacyBudget(10, 1e-5) for o in OWNERS})
+    assert isinstance(res["owner1"], ParameterError) and "without random levels" in str(res["owner1"])
 
 
 def test_owner_without_setup_state_is_told_to_run_hcsetup():
