@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 
 import protocols
 from learning.datasets import DatasetError, partition
+from mpc import wire
 from mpc.channel import Channel, InMemoryNetwork
 from parties.audit import audit_run
-from mpc import wire
-from privacy.hashcomb_codec import HashCombParams
-from privacy.hashcomb_tokens import TokenCounts, TokenPermutation, permutation_key, unpack_upload
 from privacy import rqm
 from privacy.budget import PrivacyBudget
+from privacy.hashcomb_codec import HashCombParams
+from privacy.hashcomb_tokens import TokenCounts, TokenPermutation, permutation_key, unpack_upload
 from protocols import ParameterError, ProtocolError, RoleContext
 from protocols.context import Resources
 from protocols.hashcomb_fl import (

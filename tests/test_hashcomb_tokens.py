@@ -68,8 +68,8 @@ def test_aggregate_size_is_the_coded_size():
     """lengths and counts are small; the sets cost log2 C(2^bits, d) bits each."""
     rng = np.random.default_rng(1)
     owners, dim, bits = 5, 20_000, 8
-    uploads = np.stack([TokenPermutation(KEY, dim, bits).forward(l)
-                        for l in np.clip(rng.normal(128, 1.0, (owners, dim)), 0, 255).astype(int)])
+    uploads = np.stack([TokenPermutation(KEY, dim, bits).forward(labels)
+                        for labels in np.clip(rng.normal(128, 1.0, (owners, dim)), 0, 255).astype(int)])
     agg = TokenCounts.of(uploads, bits)
     w = agg.to_wire()
     set_bits = sum((math.comb(256, d) - 1).bit_length() * int((agg.lengths == d).sum())
