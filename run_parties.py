@@ -84,7 +84,8 @@ def _hashcomb_setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", type=int, default=8)
     p.add_argument("--lo", type=float, default=-0.35)
     p.add_argument("--hi", type=float, default=0.35)
-    p.add_argument("--delta", type=float, default=0.01)
+    p.add_argument("--delta", type=float, default=None,
+                   help="margin around [lo, hi] (default 0.01; with --rdp-epsilon, planned)")
 
 
 @scenario("hashcomb-setup", "owners jointly create the Hash-Comb secret", _hashcomb_setup_args)
@@ -92,7 +93,8 @@ def hashcomb_setup(args: argparse.Namespace) -> list[Scenario]:
     if args.owners < 2:
         raise SystemExit("hashcomb-setup needs at least 2 owners")
     owners = [(f"owner{i}", "owner") for i in range(1, args.owners + 1)]
-    params = {"levels": args.levels, "lo": args.lo, "hi": args.hi, "delta": args.delta}
+    params = {"levels": args.levels, "lo": args.lo, "hi": args.hi,
+              "delta": 0.01 if args.delta is None else args.delta}
     if args.threshold:
         params["threshold"] = args.threshold
     return [Scenario("hcsetup", owners + [("aggregator", "aggregator")], params)]
@@ -115,7 +117,32 @@ def _hashcomb_fl_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mask", action="store_true", help="do not mask tokens per coordinate")
     p.add_argument("--seed", type=int, default=0, help="model init, shuffling and data split")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain FedAvg session")
+    p.add_argument("--rdp-epsilon", type=float, default=0.0,
+                   help="make each owner's whole run (epsilon, --rdp-delta)-DP: randomized "
+                        "quantization for Hash-Comb, local Gaussian noise for the FedAvg baseline")
+    p.add_argument("--rdp-delta", type=float, default=1e-5)
+    p.add_argument("--budget", type=float, default=0.0,
+                   help="each owner's ledger (default: epsilon x the sessions that use the data)")
     p.add_argument("--plot", help="also save the accuracy plot here")
+
+
+def _plan_private_margin(args: argparse.Namespace, data: dict | None) -> None:
+    """With --rdp-epsilon and no --delta: the margin (and so the noise) the RQM planner
+    finds least noisy for this model, run and epsilon."""
+    from privacy import rqm
+    from protocols import study_data
+    from protocols.hashcomb_fl import FLConfig, make_model
+
+    cfg = FLConfig(dataset=args.dataset, model=args.model, hidden=args.hidden, data=data)
+    features, classes = study_data.shape("hcfl", args.dataset, data, args.seed)
+    dim = sum(p.numel() for p in make_model(cfg, features, classes).parameters())
+    if args.delta is None:
+        margin, q, std = rqm.plan(args.levels, args.lo, args.hi, args.rdp_epsilon, dim,
+                                  args.rounds, args.rdp_delta)
+        args.delta = margin
+        console.print(f"RQM plan for epsilon {args.rdp_epsilon} over {args.rounds} rounds of {dim:,} "
+                      f"coordinates: margin delta = {margin:.4g}, keep probability q = {q:.4g}, "
+                      f"noise std per coordinate <= {std:.4g} (range [{args.lo}, {args.hi}])")
 
 
 @scenario("hashcomb-fl", "federated training over Hash-Comb tokens, beside plain FedAvg",
@@ -127,6 +154,12 @@ def hashcomb_fl(args: argparse.Namespace) -> list[Scenario]:
           "batch": args.batch, "scale": args.scale, "rounding": args.rounding,
           "mask": not args.no_mask, "seed": args.seed, "data_seed": args.seed}
     encodings = ["hashcomb"] + ([] if args.no_baseline else ["float"])
+    if args.rdp_epsilon:
+        budget = args.budget or args.rdp_epsilon * len(encodings)
+        fl.update(rdp_epsilon=args.rdp_epsilon, delta=args.rdp_delta, epsilon_budget=budget)
+        if len(encodings) > 1 and not args.budget:
+            console.print(f"each owner's ledger: epsilon {budget:g}, since the FedAvg baseline "
+                          "trains on the same records again (--budget to set it)")
     done: list[dict] = []
 
     def report(run_dir: Path, session: dict) -> None:
@@ -137,6 +170,9 @@ def hashcomb_fl(args: argparse.Namespace) -> list[Scenario]:
     data = _own_data(args, [n for n, r in setup.parties if r == "owner"])
     if data is not None:
         fl["data"] = data
+    if args.rdp_epsilon:
+        _plan_private_margin(args, data)
+        setup = hashcomb_setup(args)[0]
     return [setup] + [Scenario("hcfl", setup.parties, {**fl, "encoding": e}, same_run_dir=True,
                                report=report, data_dir=args.data_dir) for e in encodings]
 
@@ -153,15 +189,22 @@ def _hashcomb_fl_report(args: argparse.Namespace, run_dir: Path, sessions: dict[
             console.print(f"[red]{enc}: the owners ended with different models[/]")
         curves[enc] = owners[0]["result"]["rounds"]
     names = {"hashcomb": "Hash-Comb", "float": "FedAvg (float32)"}
+    if args.rdp_epsilon:
+        names = {"hashcomb": "Hash-Comb + RQM", "float": "DP-FedAvg (Gaussian)"}
     table = Table(title=f"hashcomb-fl: {args.dataset}, {args.split}, {args.owners} owners, "
                         f"L={args.levels}; test accuracy (common held-out 25 %) per round")
     table.add_column("round")
     for enc in curves:
         table.add_column(f"{names[enc]} accuracy")
+    private = args.rdp_epsilon > 0
+    if private:
+        for enc in curves:
+            table.add_column(f"{names[enc]} epsilon")
     for enc in curves:
         table.add_column(f"{names[enc]} s/round")
     for i in range(len(curves["hashcomb"])):
         table.add_row(str(i + 1), *[f"{c[i]['accuracy']:.4f}" for c in curves.values()],
+                      *([f"{c[i]['epsilon']:.4g}" for c in curves.values()] if private else []),
                       *[f"{c[i]['seconds']:.3f}" for c in curves.values()])
     console.print(table)
     from statistics import mean, median
@@ -173,6 +216,15 @@ def _hashcomb_fl_report(args: argparse.Namespace, run_dir: Path, sessions: dict[
                       f"{mean(r['bytes_received'] for r in c):,.0f} B received; median "
                       f"{median(r['seconds'] for r in c):.3f} s/round "
                       f"({dim:,} parameters: float32 update {4 * dim:,} B)")
+    hc = curves["hashcomb"]
+    float32 = 4 * dim
+    console.print(f"Hash-Comb bytes against a float32 update ({float32:,} B): upload "
+                  f"{mean(r['bytes_sent'] for r in hc) / float32:.3f}x, download "
+                  f"{mean(r['bytes_received'] for r in hc) / float32:.3f}x per owner and round")
+    if private:
+        for enc, c in curves.items():
+            console.print(f"{names[enc]}: ({c[-1]['epsilon']:.4g}, {args.rdp_delta:g})-DP for each "
+                          f"owner's whole update over {len(c)} rounds ({c[0]['epsilon']:.4g} after one)")
     final = {enc: c[-1]["accuracy"] for enc, c in curves.items()}
     if "float" in final:
         console.print(f"difference Hash-Comb - FedAvg: {100 * (final['hashcomb'] - final['float']):+.2f} "
