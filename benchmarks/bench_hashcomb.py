@@ -149,7 +149,7 @@ def fl_round_time(console: Console, owners: int = 5, rounds: int = 10, levels: i
     import protocols
     from mpc.channel import InMemoryNetwork
     from protocols import RoleContext
-    from protocols.hashcomb_fl import coordinate_mask, quantize_tokens
+    from protocols.hashcomb_fl import decode_mean, node_labels
 
     parties = [(f"owner{i}", "owner") for i in range(1, owners + 1)] + [("aggregator", "aggregator")]
     roles = dict(parties)
@@ -185,34 +185,38 @@ def fl_round_time(console: Console, owners: int = 5, rounds: int = 10, levels: i
     console.print(table)
 
     # the per-round Hash-Comb work for a 1M-parameter model (no training)
-    from privacy.hashcomb_codec import HashComb, TokenHistogram
-    key, ctx = secrets.token_bytes(32), b"round-0"
+    from privacy.hashcomb_codec import HashCombParams
+    from privacy.hashcomb_tokens import TokenCounts, TokenPermutation, pack_upload, unpack_upload
+    hp = HashCombParams(levels, -0.35, 0.35, 0.01)
+    key = secrets.token_bytes(32)
     rng = np.random.default_rng(secrets.randbits(64))
-    ups = [rng.normal(0, 0.05, big) for _ in range(owners)]
-    t0 = time.perf_counter()
-    hc = HashComb(levels, -0.35, 0.35, 0.01, key=key, context=ctx)
-    t_table = time.perf_counter() - t0
-    t_mask = _best(lambda: coordinate_mask(key, ctx, big))
-    mask = coordinate_mask(key, ctx, big)
-    t_quant = _best(lambda: quantize_tokens(hc, ups[0], "stochastic", rng))
-    hists = [TokenHistogram.from_tokens(quantize_tokens(hc, u, "stochastic", rng) ^ mask,
-                                        hc.fingerprint) for u in ups]
-    t_agg = _best(lambda: aggregate_histograms(hists))
-    agg = aggregate_histograms(hists)
-    from protocols.hashcomb_fl import unmask_histogram
-    t_dec = _best(lambda: hc.decode_histogram(unmask_histogram(agg, mask)))
-    t4 = Table(title=f"Hash-Comb work of one round for a {big:,}-parameter model, {owners} owners")
+    common = rng.normal(0, 0.05, big)   # owners' updates agree up to their own noise
+    ups = [common + rng.normal(0, 0.005, big) for _ in range(owners)]
+    t_quant = _best(lambda: node_labels(hp, ups[0], "stochastic", rng))
+    perm = TokenPermutation(key, big, levels)
+    labels = [node_labels(hp, u, "stochastic", rng) for u in ups]
+    t_perm = _best(lambda: perm.forward(labels[0]))
+    uploads = [pack_upload(perm.forward(lab), levels) for lab in labels]
+    t_agg = _best(lambda: TokenCounts.of(np.stack([unpack_upload(u, levels, big) for u in uploads]),
+                                         levels).to_wire())
+    reply = TokenCounts.of(np.stack([unpack_upload(u, levels, big) for u in uploads]), levels).to_wire()
+
+    def decode():
+        agg = TokenCounts.from_wire(reply, dim=big, owners=owners, bits=levels)
+        coords = agg.coordinates()
+        return decode_mean(hp, perm.inverse(agg.tokens, coords), agg.counts, coords, big, owners)
+    t_dec = _best(decode)
+    t4 = Table(title=f"Hash-Comb work of one round for a {big:,}-parameter model, {owners} owners "
+                     "(synthetic updates: common part + own noise)")
     t4.add_column("step")
     t4.add_column("time", justify="right")
-    for name, t in (("owner: per-round token table", t_table),
-                    ("owner: per-coordinate mask (ChaCha20)", t_mask),
-                    ("owner: stochastic rounding + encode", t_quant),
-                    ("aggregator: sum histograms", t_agg),
-                    ("owner: unmask + decode aggregate", t_dec)):
+    for name, t in (("owner: stochastic rounding to leaves", t_quant),
+                    ("owner: keyed per-coordinate permutation", t_perm),
+                    ("aggregator: count and code", t_agg),
+                    ("owner: decode counts, invert, mean", t_dec)):
         t4.add_row(name, f"{t * 1e3:,.0f} ms")
     t4.add_row("bytes: owner upload / aggregate / float32",
-               f"{len(wire.encode(hists[0].to_wire())):,} / {len(wire.encode(agg.to_wire())):,} / "
-               f"{4 * big:,}")
+               f"{len(uploads[0]):,} / {len(wire.encode(reply)):,} / {4 * big:,}")
     console.print(t4)
 
 
