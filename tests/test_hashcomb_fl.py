@@ -339,3 +339,24 @@ def test_run_parties_hashcomb_fl_across_processes_passes_audit(tmp_path):
     steps = {(x["header"]["protocol"], x["header"]["step"]) for x in lines
              if x["event"] == "received" and x["header"]["kind"] == "msg"}
     assert {s for p, s in steps if p == "hcfl"} == {"tokens"}
+
+
+def test_run_parties_private_hashcomb_fl_reports_epsilon_per_round(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "run_parties.py", "--runs-dir", str(tmp_path), "--timeout", "150",
+         "hashcomb-fl", "--owners", "3", "--rounds", "2", "--model", "logreg",
+         "--dataset", "breast_cancer", "--rdp-epsilon", "500"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "RQM plan for epsilon 500" in out.stdout
+    assert "-DP for each owner's whole update over 2 rounds" in out.stdout
+    run_dir = Path(out.stdout.strip().splitlines()[-1])
+    assert audit_run(run_dir).ok
+    sessions = json.loads((run_dir / "results.json").read_text())["sessions"]
+    for session, enc in zip(sessions[1:], ("hashcomb", "float"), strict=True):
+        owner = session["parties"]["owner1"]["result"]
+        assert owner["encoding"] == enc
+        eps = [r["epsilon"] for r in owner["rounds"]]
+        assert eps[0] < eps[1] <= 500 and eps[1] > 450
+    # both sessions trained on the same records: the ledger holds both
+    assert sessions[2]["parties"]["owner1"]["result"]["ledger_epsilon"] > 900
