@@ -102,6 +102,13 @@ class PrivacyBudget:
                                     "sigma_threshold": float(sigma_threshold),
                                     "sigma_gnmax": float(sigma_gnmax)}, query_id)
 
+    def request_threshold(self, sigma_threshold: float, query_id: str = "") -> Decision:
+        """Ask to run only Confident-GNMax's noisy threshold check on a query that cannot be
+        answered (the answer cap is reached): its threshold step is all it costs."""
+        return self._request(threshold_rdp_data_independent(sigma_threshold, self._orders),
+                             {"mechanism": "threshold", "sigma_threshold": float(sigma_threshold)},
+                             query_id)
+
     def request_pure(self, epsilon: float, query_id: str = "", mechanism: str = "pure") -> Decision:
         """Ask to release the output of an ``epsilon``-DP mechanism (e.g. one round of
         DSSGD's sparse vector technique), charged as its RDP curve min(eps, alpha eps^2 / 2)."""
@@ -178,6 +185,9 @@ class PrivacyBudget:
             elif kind == "charge" and entry["mechanism"] == "skellam":
                 self._acc.add_rdp(skellam_rdp(self._orders, float(entry["l1"]), float(entry["l2"]),
                                               float(entry["mu"])), data_dependent=False)
+            elif kind == "charge" and entry["mechanism"] == "threshold":
+                self._acc.add_rdp(threshold_rdp_data_independent(float(entry["sigma_threshold"]),
+                                                                  self._orders), data_dependent=False)
             elif kind == "charge" and entry["mechanism"] == "rqm":
                 self._acc.add_rdp(self._rqm_cost(entry), data_dependent=False)
             elif kind == "charge" and entry["mechanism"] == "gaussian":

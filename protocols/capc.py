@@ -41,7 +41,13 @@ import torch
 
 from learning.datasets import SPLITS, TABLES, PartyData, party_data
 from learning.model_files import model_files
-from learning.models import ARCHITECTURES, DEFAULT_ARCH, build_model
+from learning.models import (
+    ARCHITECTURES,
+    DEFAULT_ARCH,
+    TEACHER_ARCHITECTURES,
+    build_model,
+    stack_teachers,
+)
 from learning.training import accuracy, train
 from mpc import additive, encoding, randomness
 from mpc.channel import Channel, ChannelError
@@ -97,6 +103,9 @@ class CapcParams(Params):
     timeout: float = 600.0
     qp_points: int | None = None    # keep only this many of the QP's own labelled points
     data: dict | None = None        # the study's data spec: each party brings its own files
+    teachers: int = 1               # teachers per answering party, on disjoint shards of its data
+    teacher_arch: str | None = None  # their architecture (None: the party's own; or "logreg")
+    max_answers: int | None = None  # the guardian's cap on answers, fixed before the first query
 
     def check(self) -> list[str]:
         problems = []
@@ -118,6 +127,14 @@ class CapcParams(Params):
             problems.append(f"qp_points must be at least 2 (or null for all), got {self.qp_points}")
         if self.noise_seed is not None and self.noise_seed < 0:
             problems.append(f"noise_seed must be >= 0 (or null for OS noise), got {self.noise_seed}")
+        if self.teachers < 1:
+            problems.append(f"teachers must be at least 1, got {self.teachers}")
+        if self.teacher_arch is not None and self.teacher_arch not in TEACHER_ARCHITECTURES:
+            problems.append(f"teacher_arch must be one of {', '.join(TEACHER_ARCHITECTURES)}, "
+                            f"got {self.teacher_arch!r}")
+        if self.max_answers is not None and self.max_answers < 1:
+            problems.append(f"max_answers must be at least 1 (or null: as many as queries), "
+                            f"got {self.max_answers}")
         return problems + study_data.spec_problems(self.data)
 
     def insecure(self) -> list[str]:
@@ -183,6 +200,37 @@ def train_own(ctx: RoleContext, p: CapcParams, x: torch.Tensor, y: torch.Tensor,
     return train(model, x, y, epochs=p.epochs, lr=0.01, weight_decay=1e-4, seed=seed)
 
 
+def train_teachers(ctx: RoleContext, p: CapcParams, data: PartyData) -> list[torch.nn.Sequential]:
+    """An answering party's ``p.teachers`` teachers, each trained on its own disjoint shard of
+    the party's records (so each record influences one teacher only)."""
+    k = p.teachers
+    if len(data.x) < 2 * k:
+        raise ParameterError(f"capc: '{ctx.me}' has {len(data.x)} records, too few for {k} "
+                             "teachers on disjoint shards (at least 2 each)")
+    me = data_parties(ctx).index(ctx.me)
+    order = torch.randperm(len(data.x), generator=torch.Generator().manual_seed(p.seed * 1000 + me))
+    arch = p.teacher_arch or architecture(ctx, p, ctx.me)
+    teachers = []
+    for t, shard in enumerate(torch.tensor_split(order, k)):
+        seed = (p.seed * 1000 + me) * 1000 + t
+        model = build_model(arch, data.x.shape[1], data.num_classes, seed=seed)
+        teachers.append(train(model, data.x[shard], data.y[shard], epochs=p.epochs, lr=0.01,
+                              weight_decay=1e-4, seed=seed))
+    return teachers
+
+
+def per_teacher(share: np.ndarray, teachers: int, classes: int) -> np.ndarray:
+    """Logit shares [batch, teachers * classes] as one row per (query, teacher)."""
+    return np.ascontiguousarray(share).reshape(-1, teachers, classes).reshape(-1, classes)
+
+
+def vote_share(onehot: np.ndarray, teachers: int) -> np.ndarray:
+    """Shares of the teachers' one-hot votes, one row per (query, teacher), summed per query:
+    a share of the party's vote histogram [batch, classes] (in the ring, so sums wrap)."""
+    o = np.asarray(onehot, dtype=np.uint64)
+    return o.reshape(-1, teachers, o.shape[-1]).sum(axis=1, dtype=np.uint64)
+
+
 def noise_source(p: CapcParams) -> pate.NoiseSource:
     if p.noise_seed is None:
         return pate.NoiseSource.secure()
@@ -190,13 +238,21 @@ def noise_source(p: CapcParams) -> pate.NoiseSource:
 
 
 # --- the two secure computations, and their plaintext stand-ins -----------------------
-def _final_local(s_threshold: np.ndarray, s_argmax: np.ndarray, threshold: float | None):
+def _final_local(s_threshold: np.ndarray, s_argmax: np.ndarray, threshold: float | None,
+                 s_count: np.ndarray | None = None, cap: int | None = None):
+    """Inside the final 2PC: shares of the noisy argmax's one-hot (zeroed where the noisy
+    top count misses the threshold) and of the 'answered' bits. With a cap, a query is
+    answered only while the answers so far (``s_count``: shares of the running count, which
+    neither side knows alone) stay within it."""
     from mpc.twopc import share_of, tensor_from_shares
     onehot = tensor_from_shares(s_argmax).argmax(dim=-1, one_hot=True)
     if threshold is None:
         return share_of(onehot), None
     top, _ = tensor_from_shares(s_threshold).max(dim=-1)
     confident = top >= threshold
+    if cap is not None:
+        running = tensor_from_shares(s_count) + confident.cumsum(0)
+        confident = confident * (running <= cap + 0.5)
     return share_of(onehot * confident.unsqueeze(-1)), share_of(confident)
 
 
@@ -216,12 +272,14 @@ async def _argmax(ch: Channel, peer: str, dealer: str, p: CapcParams, tag: str,
 
 
 async def _final(ch: Channel, peer: str, dealer: str, p: CapcParams, tag: str,
-                 s_threshold: np.ndarray, s_argmax: np.ndarray) -> tuple:
-    """Step 5 between the QP and the PG: shares of the label (and of 'confident')."""
+                 s_threshold: np.ndarray, s_argmax: np.ndarray, s_count: np.ndarray) -> tuple:
+    """Step 5 between the QP and the PG: shares of the label (and of 'answered')."""
+    cap = p.max_answers if p.threshold is not None else None
     if p.crypto:
         return await _two_pc(ch, peer, dealer, p, tag, _final_local, s_threshold, s_argmax,
-                             p.threshold)
-    return await _plain_two_pc(ch, peer, _plain_final(p.threshold), s_threshold, s_argmax)
+                             p.threshold, s_count if cap is not None else None, cap)
+    return await _plain_two_pc(ch, peer, _plain_final(p.threshold, cap), s_threshold, s_argmax,
+                               s_count)
 
 
 async def _plain_two_pc(ch: Channel, peer: str, compute, *shares: np.ndarray):
@@ -251,12 +309,14 @@ def _plain_argmax(logits: np.ndarray):
     return (np.eye(logits.shape[-1])[logits.argmax(-1)],)
 
 
-def _plain_final(threshold: float | None):
-    def compute(v_threshold: np.ndarray, v_argmax: np.ndarray):
+def _plain_final(threshold: float | None, cap: int | None):
+    def compute(v_threshold: np.ndarray, v_argmax: np.ndarray, v_count: np.ndarray):
         onehot = np.eye(v_argmax.shape[-1])[v_argmax.argmax(-1)]
         if threshold is None:
             return onehot, None
         confident = (v_threshold.max(-1) >= threshold).astype(np.float64)
+        if cap is not None:
+            confident *= (np.round(v_count[0]) + np.cumsum(confident)) <= cap
         return onehot * confident[:, None], confident
     return compute
 
@@ -278,6 +338,7 @@ class _Querier:
     labels: dict[int, int] = field(default_factory=dict)
     status: dict[int, str] = field(default_factory=dict)   # query row -> answered/refused/abstained
     model: Any = None                                       # the latest retrained model
+    count_share: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.uint64))
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("answered", "refused", "abstained"), 0))
     timing: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
@@ -335,7 +396,10 @@ class _Querier:
                 if self.p.crypto:
                     await self.ch.send(self.dealer, f"{NAME}.schedule",
                                        {"pair": [self.ctx.me, ap], "tag": tag})
-                vote_shares[ap] = await _argmax(self.ch, ap, self.dealer, self.p, tag, share)
+                k, classes = self.p.teachers, self.data.num_classes
+                onehot = await _argmax(self.ch, ap, self.dealer, self.p, tag,
+                                       per_teacher(share, k, classes))
+                vote_shares[ap] = vote_share(onehot, k)
             except ChannelError as e:
                 if getattr(e, "peer", ap) != ap:  # the dealer died, not the AP: nobody can go on
                     raise
@@ -360,7 +424,10 @@ class _Querier:
         if self.p.crypto:
             await self.ch.send(self.dealer, f"{NAME}.schedule",
                                {"pair": [self.ctx.me, self.pg], "tag": tag})
-        mine = await _final(self.ch, self.pg, self.dealer, self.p, tag, votes, votes)
+        mine = await _final(self.ch, self.pg, self.dealer, self.p, tag, votes, votes,
+                            self.count_share)
+        if mine[1] is not None:   # my share of the running number of answers
+            self.count_share = self.count_share + mine[1].sum(dtype=np.uint64)
         theirs = await self.ch.recv(self.pg, f"{NAME}.reveal", self.p.timeout)
         onehot = encoding.decode(additive.reconstruct([mine[0], theirs[0]]))
         confident = (np.ones(len(granted)) if self.p.threshold is None else
@@ -463,13 +530,22 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
     ch = ctx.channel
     qp, pg, dealer = ctx.one_with_role("qp"), ctx.one_with_role("pg"), ctx.one_with_role("dealer")
     data = my_data(ctx, p)
-    own = ctx.resources.model            # its own model from a file, else one trained here
-    model = own if own is not None else \
-        await asyncio.to_thread(train_own, ctx, p, data.x, data.y, data.num_classes)
-    acc = accuracy(model, data.x_test, data.y_test) if data is not None else None
-    arch = "own model" if own is not None else architecture(ctx, p, ctx.me)
-    ctx.progress(f"own model ({arch}): "
-                 + (f"test accuracy {acc:.3f}" if acc is not None else "no data to test it on"))
+    own = ctx.resources.model            # its own model from a file, else teachers trained here
+    if own is not None and p.teachers > 1:
+        raise ParameterError(f"capc: '{ctx.me}' answers with its own model file, so with one "
+                             f"teacher; teachers={p.teachers} needs records to train them on")
+    if own is not None:
+        teachers = [own]
+    elif p.teachers == 1 and p.teacher_arch is None:
+        teachers = [await asyncio.to_thread(train_own, ctx, p, data.x, data.y, data.num_classes)]
+    else:
+        teachers = await asyncio.to_thread(train_teachers, ctx, p, data)
+    model = teachers[0] if len(teachers) == 1 else stack_teachers(teachers)
+    accs = [accuracy(t, data.x_test, data.y_test) for t in teachers] if data is not None else []
+    acc = float(np.mean(accs)) if accs else None
+    arch = "own model" if own is not None else (p.teacher_arch or architecture(ctx, p, ctx.me))
+    ctx.progress(f"{len(teachers)} teacher(s) ({arch}): "
+                 + (f"mean test accuracy {acc:.3f}" if acc is not None else "no data to test on"))
     features = study_data.shape(NAME, p.dataset, p.data, p.seed)[0]
     plan = public = None
     if p.crypto:
@@ -495,9 +571,11 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
             mine = randomness.ring(logits.shape)
             await ch.send(qp, f"{NAME}.answer", {"y": encoding.encode(logits) - mine})
         timing["he_evaluate"] += time.perf_counter() - t
-        vote = await _timed(timing, "argmax_2pc", _argmax(ch, qp, dealer, p, f"{b}:{ctx.me}", mine))
-        await ch.send(pg, f"{NAME}.vote_share", {"batch": b, "share": vote})
-    return RoleResult({"role": "ap", "architecture": arch,
+        classes = mine.shape[-1] // p.teachers
+        onehot = await _timed(timing, "argmax_2pc", _argmax(ch, qp, dealer, p, f"{b}:{ctx.me}",
+                                                            per_teacher(mine, p.teachers, classes)))
+        await ch.send(pg, f"{NAME}.vote_share", {"batch": b, "share": vote_share(onehot, p.teachers)})
+    return RoleResult({"role": "ap", "architecture": arch, "teachers": len(teachers),
                        "test_accuracy": acc, "timing_seconds": {k: round(v, 3) for k, v in timing.items()}})
 
 
@@ -529,6 +607,13 @@ async def privacy_guardian(ctx: RoleContext) -> RoleResult:
         pate.require_secure(noise)
     live_aps = list(ctx.with_role("ap"))
     granted_total = refused_total = 0
+    # The cap on answers is fixed before the first query: GNMax is charged for at most
+    # max_answers queries, and the final 2PC answers no more than that (it keeps the
+    # running count secret-shared with the QP), so the worst case is known in advance:
+    # queries x threshold step + max_answers x GNMax step.
+    cap = p.max_answers
+    charged_answers = 0
+    count_share = np.zeros(1, dtype=np.uint64)   # my share of the number answered so far
     for b, rows in enumerate(p.batches()):
         votes: np.ndarray | None = None
         counted = []
@@ -550,21 +635,30 @@ async def privacy_guardian(ctx: RoleContext) -> RoleResult:
         # No votes, no answer: noise alone would spend budget on a meaningless label.
         for j in range(len(rows) if counted else 0):
             query_id = f"{ch.session}:{b}:{j}"
+            may_answer = cap is None or charged_answers < cap
             if p.threshold is None:
+                if not may_answer:
+                    continue           # GNMax answers every granted query: the cap is reached
                 d = budget.request_gnmax(p.sigma_gnmax, query_id)
-            else:
+            elif may_answer:
                 d = budget.request_confident_gnmax(p.sigma_threshold, p.sigma_gnmax, query_id)
+            else:                      # the 2PC will not answer it: only its threshold step costs
+                d = budget.request_threshold(p.sigma_threshold, query_id)
             if d.granted:
                 granted.append(j)
+                charged_answers += may_answer
         granted_total += len(granted)
         refused_total += len(rows) - len(granted)
         await ch.send(qp, f"{NAME}.decision", {"batch": b, "granted": granted, "aps": counted,
                                               "epsilon": budget.epsilon_spent()})
         if granted:
             s_threshold, s_argmax = _noisy_shares(votes[granted], p, noise)
-            out = await _final(ch, qp, dealer, p, f"{b}:final", s_threshold, s_argmax)
+            out = await _final(ch, qp, dealer, p, f"{b}:final", s_threshold, s_argmax, count_share)
+            if out[1] is not None:
+                count_share = count_share + out[1].sum(dtype=np.uint64)
             await ch.send(qp, f"{NAME}.reveal", list(out))
     return RoleResult({"role": "pg", "granted": granted_total, "refused": refused_total,
+                       "max_answers": cap, "charged_answers": charged_answers,
                        "epsilon": budget.epsilon_spent(), "delta": budget.delta,
                        "budget": budget.epsilon_budget, "noise": repr(noise)})
 
