@@ -268,7 +268,7 @@ def argmax2pc(args: argparse.Namespace) -> list[Scenario]:
 def _capc_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parties", type=int, default=5, help="data parties (QP and APs)")
     p.add_argument("--qps", type=int, default=1, help="how many parties act as QP in turn")
-    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine"],
+    p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer", "wine", "mnist"],
                    help="built-in data set, split among the data parties")
     p.add_argument("--split", default="iid", choices=["iid", "noniid"],
                    help="noniid: Dirichlet(0.5) label skew")
@@ -292,6 +292,13 @@ def _capc_args(p: argparse.ArgumentParser) -> None:
                    help="the QP keeps only this many labelled points of its own")
     p.add_argument("--noise-seed", type=int, default=None,
                    help="INSECURE fixed PG noise, to compare runs; never in deployment")
+    p.add_argument("--teachers-per-party", type=int, default=1,
+                   help="teachers each answering party trains on disjoint shards of its data")
+    p.add_argument("--teacher-arch", default=None,
+                   help="their architecture: logreg or an HE-friendly MLP (default: the party's)")
+    p.add_argument("--max-answers", type=int, default=None,
+                   help="the guardian's cap on answers, fixed before the first query "
+                        "(Confident-GNMax then charges GNMax for at most this many)")
     _data_dir_args(p)
     p.add_argument("--models-dir", type=Path,
                    help="answering parties with a file DIR/<name>.onnx or .pt answer with that "
@@ -350,7 +357,8 @@ def capc(args: argparse.Namespace) -> list[Scenario]:
               "threshold": args.threshold, "sigma_threshold": args.sigma_threshold,
               "sigma_gnmax": args.sigma_gnmax, "delta": args.delta,
               "epochs": args.epochs, "seed": args.seed, "noise_seed": args.noise_seed,
-              "qp_points": args.qp_points}
+              "qp_points": args.qp_points, "teachers": args.teachers_per_party,
+              "teacher_arch": args.teacher_arch, "max_answers": args.max_answers}
     if args.budget is not None:
         params["epsilon_budget"] = args.budget
     if args.data_dir is not None and args.qps > 1:

@@ -13,6 +13,10 @@ Vote profiles (data-dependent figures only):
                               one row per query (queries, classes)
   --concentration P           a fraction P of the teachers votes the top class,
                               the rest spread evenly over the other classes
+
+Parameter guidance (--suggest --target-epsilon E): for --teachers and --queries planned,
+Confident-GNMax settings with the answer cap (run_parties.py capc --max-answers) that
+keeps the data-independent epsilon within E.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None,
                         help="Confident-GNMax threshold T; omit (with --sigma1) for plain GNMax")
     parser.add_argument("--sigma1", type=float, default=None, help="threshold noise sigma_1")
-    parser.add_argument("--sigma2", type=float, required=True, help="GNMax noise sigma_2")
+    parser.add_argument("--sigma2", type=float, default=None, help="GNMax noise sigma_2")
     parser.add_argument("--delta", type=float, default=1e-6, help="target delta (1e-6)")
     parser.add_argument("--queries", type=int, default=1000, help="number of queries (1000)")
     parser.add_argument("--answered-fraction", type=float, default=1.0,
@@ -63,6 +67,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     profile.add_argument("--concentration", type=float, default=None,
                          help="fraction of teachers voting the top class (data-dependent)")
     parser.add_argument("--plot", type=Path, default=None, help="write epsilon vs queries PNG")
+    parser.add_argument("--suggest", action="store_true",
+                        help="suggest (threshold, sigma1, sigma2, answer cap) for --teachers, "
+                             "--queries and --target-epsilon")
+    parser.add_argument("--target-epsilon", type=float, default=None,
+                        help="with --suggest: the data-independent epsilon to stay within")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.suggest:
+        return _suggest(args)
+    if args.sigma2 is None:
+        raise PrivacyCliError("--sigma2 is required (or --suggest --target-epsilon E)")
     confident = _check(args)
     orders = DEFAULT_ORDERS
     n = args.queries
@@ -228,3 +241,69 @@ def _plot(args: argparse.Namespace, curves: dict[str, NDArray[np.float64]]) -> N
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.plot, dpi=120)
     plt.close(fig)
+
+
+# The plaintext study behind these rules (PAPERS.md section 9): weak teachers need a
+# threshold of 0.3-0.45 x teachers (PATE 2018's 0.6-0.8 x is too strict for them), and
+# noise of about 0.1 x teachers (GNMax) and 0.2 x teachers (threshold) kept labels right.
+SUGGESTED = [(0.45, 0.2, 0.1), (0.3, 0.2, 0.1), (0.45, 0.25, 0.15), (0.3, 0.15, 0.075),
+             (0.45, 0.3, 0.2)]
+
+
+def answer_cap(queries: int, sigma1: float, sigma2: float, target: float, delta: float) -> int:
+    """The most answers (GNMax steps) that ``queries`` threshold checks leave room for
+    within ``target`` (data-independent, improved conversion); 0 when none."""
+    thr = queries * threshold_rdp_data_independent(sigma1, DEFAULT_ORDERS)
+    step = gnmax_rdp_data_independent(sigma2, DEFAULT_ORDERS)
+
+    def eps(c: int) -> float:
+        return epsilon_from_rdp(DEFAULT_ORDERS, thr + c * step, delta)[0]
+    if eps(0) > target:
+        return 0
+    lo, hi = 0, queries
+    if eps(hi) <= target:
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if eps(mid) <= target else (lo, mid)
+    return lo
+
+
+def _suggest(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    if args.target_epsilon is None or args.target_epsilon <= 0:
+        raise PrivacyCliError("--suggest needs --target-epsilon E > 0")
+    if args.queries < 1 or args.teachers < 1 or not 0.0 < args.delta < 1.0:
+        raise PrivacyCliError("--queries and --teachers must be >= 1 and --delta in (0, 1)")
+    t, n = args.teachers, args.queries
+    table = Table(title=f"Confident-GNMax for {t} teachers, {n} queries, epsilon <= "
+                        f"{args.target_epsilon:g} at delta {args.delta:g} (data-independent)")
+    for col in ("threshold", "sigma1", "sigma2", "--max-answers", "answers / queries", "epsilon at cap"):
+        table.add_column(col, justify="right")
+    best = None
+    for f_t, f_1, f_2 in SUGGESTED:
+        s1, s2 = round(f_1 * t, 2), round(f_2 * t, 2)
+        cap = answer_cap(n, s1, s2, args.target_epsilon, args.delta)
+        rdp = (n * threshold_rdp_data_independent(s1, DEFAULT_ORDERS)
+               + cap * gnmax_rdp_data_independent(s2, DEFAULT_ORDERS))
+        eps = epsilon_from_rdp(DEFAULT_ORDERS, rdp, args.delta)[0]
+        table.add_row(f"{f_t * t:g}", f"{s1:g}", f"{s2:g}", str(cap) if cap else "none fit",
+                      f"{cap / n:.0%}", f"{eps:.3f}" if cap else "-")
+        if best is None and cap >= 0.1 * n:
+            best = (f_t * t, s1, s2, cap)
+    console = Console()
+    console.print(table)
+    if best is None:
+        console.print(f"No setting here answers even 10 % of {n} queries within epsilon "
+                      f"{args.target_epsilon:g}: ask fewer queries, train more teachers (more "
+                      "noise then keeps labels right) or accept a larger epsilon.", markup=False)
+        return 0
+    console.print(f"suggested: run_parties.py capc --threshold {best[0]:g} --sigma-threshold "
+                  f"{best[1]:g} --sigma-gnmax {best[2]:g} --max-answers {best[3]} --queries {n}",
+                  markup=False)
+    console.print("Noise about 0.1 x teachers and a threshold of 0.3-0.45 x teachers kept weak "
+                  "teachers' labels right in our study (PAPERS.md section 9); check on your data "
+                  "in plaintext mode first.", markup=False)
+    return 0
