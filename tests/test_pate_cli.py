@@ -78,3 +78,28 @@ def test_answered_fraction_row_lies_between(capsys) -> None:
 def test_bad_input_exits_2_with_a_message(capsys, argv: list[str], message: str) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_suggest_gives_caps_within_the_target(capsys) -> None:
+    from parties.privacy_cli import answer_cap
+    from privacy.budget import PrivacyBudget
+
+    assert main(["privacy", "--suggest", "--teachers", "200", "--queries", "500",
+                 "--target-epsilon", "5", "--delta", "1e-5"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"--threshold (\S+) --sigma-threshold (\S+) --sigma-gnmax (\S+) "
+                  r"--max-answers (\d+) --queries 500", out.replace("\n", " "))
+    assert m, out
+    t, s1, s2, cap = float(m[1]), float(m[2]), float(m[3]), int(m[4])
+    assert (t, s1, s2) == (90, 40, 20) and cap == answer_cap(500, 40, 20, 5.0, 1e-5) > 50
+    # the cap is the largest that fits: charge it through the guardian's own budget
+    budget = PrivacyBudget(5.0, 1e-5)
+    grants = [budget.request_confident_gnmax(s1, s2).granted for _ in range(cap)] + \
+        [budget.request_threshold(s1).granted for _ in range(500 - cap)]
+    assert all(grants) and budget.epsilon_spent() <= 5.0
+    assert not budget.request_confident_gnmax(s1, s2).granted   # one more answer would not fit
+
+
+def test_suggest_needs_a_target(capsys) -> None:
+    assert main(["privacy", "--suggest", "--teachers", "200"]) == 2
+    assert "--target-epsilon" in capsys.readouterr().err
