@@ -59,6 +59,7 @@ from .errors import ParameterError, PeerMisbehaved
 from .params import Params
 
 NAME = "capc"
+QUERY_PIECE_BYTES = 16 * 2**20   # encrypted queries go in pieces well below a message's limit
 RULES = {
     ("ap", "qp", "depth"),           # public: the AP model's multiplicative depth (CKKS parameters)
     ("qp", "ap", "query"),           # encrypted queries (+ the QP's public CKKS context)
@@ -362,13 +363,18 @@ class _Querier:
         if self.p.crypto:
             import he
             enc = await asyncio.to_thread(he.encrypt, self.keys, xb, packing="batch")
-            payload = {"batch": b, "ct": enc.serialize()}
+            blob = enc.serialize()
+            # one ciphertext per feature: a wide batch (MNIST: 784) outgrows one message
+            pieces = [blob[i:i + QUERY_PIECE_BYTES] for i in range(0, len(blob), QUERY_PIECE_BYTES)]
+            payloads = [{"batch": b, "piece": i, "pieces": len(pieces), "ct": piece}
+                        for i, piece in enumerate(pieces)]
             if b == 0:
-                payload["context"] = self.public.serialize()
+                payloads[0]["context"] = self.public.serialize()
         else:
-            payload = {"batch": b, "x": xb.numpy()}
+            payloads = [{"batch": b, "x": xb.numpy()}]
         for ap in self.live_aps:
-            await self.ch.send(ap, f"{NAME}.query", payload)
+            for payload in payloads:
+                await self.ch.send(ap, f"{NAME}.query", payload)
         shares: dict[str, np.ndarray] = {}
         for ap in list(self.live_aps):
             try:
@@ -388,22 +394,28 @@ class _Querier:
         return await asyncio.to_thread(he.decrypt_share, self.keys, out)
 
     async def votes(self, b: int, shares: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Step 3: a 2PC argmax with each AP: shares of one-hot votes."""
+        """Step 3: a 2PC argmax with each AP, all at once: shares of their vote histograms."""
+        k, classes = self.p.teachers, self.data.num_classes
+
+        async def with_ap(ap: str, share: np.ndarray) -> np.ndarray:
+            onehot = await _argmax(self.ch, ap, self.dealer, self.p, f"{b}:{ap}",
+                                   per_teacher(share, k, classes))
+            return vote_share(onehot, k)
+
+        if self.p.crypto:   # the dealer serves every pair's session concurrently
+            for ap in shares:
+                await self.ch.send(self.dealer, f"{NAME}.schedule",
+                                   {"pair": [self.ctx.me, ap], "tag": f"{b}:{ap}"})
+        outcomes = await asyncio.gather(*(with_ap(ap, s) for ap, s in shares.items()),
+                                        return_exceptions=True)
         vote_shares = {}
-        for ap, share in shares.items():
-            tag = f"{b}:{ap}"
-            try:
-                if self.p.crypto:
-                    await self.ch.send(self.dealer, f"{NAME}.schedule",
-                                       {"pair": [self.ctx.me, ap], "tag": tag})
-                k, classes = self.p.teachers, self.data.num_classes
-                onehot = await _argmax(self.ch, ap, self.dealer, self.p, tag,
-                                       per_teacher(share, k, classes))
-                vote_shares[ap] = vote_share(onehot, k)
-            except ChannelError as e:
-                if getattr(e, "peer", ap) != ap:  # the dealer died, not the AP: nobody can go on
-                    raise
-                self._drop(ap, e, "during its 2PC")
+        for ap, got in zip(shares, outcomes, strict=True):
+            if isinstance(got, ChannelError) and getattr(got, "peer", ap) == ap:
+                self._drop(ap, got, "during its 2PC")
+            elif isinstance(got, BaseException):
+                raise got   # e.g. the dealer died: nobody can go on
+            else:
+                vote_shares[ap] = got
         return vote_shares
 
     async def labels_of(self, b: int, rows: range, vote_shares: dict[str, np.ndarray]) -> float:
@@ -562,7 +574,14 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
             import he
             if public is None:
                 public = he.PublicContext.load(query["context"])
-            enc = he.EncryptedBatch.load(public, query["ct"])
+            blob = [query["ct"]]
+            for i in range(1, int(query.get("pieces", 1))):
+                piece = await ch.recv(qp, f"{NAME}.query", p.timeout)
+                if piece.get("batch") != b or piece.get("piece") != i:
+                    raise PeerMisbehaved(qp, f"sent piece {piece.get('piece')} of batch "
+                                             f"{piece.get('batch')}, expected piece {i} of {b}")
+                blob.append(piece["ct"])
+            enc = he.EncryptedBatch.load(public, b"".join(blob))
             out, mine = await asyncio.to_thread(plan.evaluate, enc, mask=True, context=public)
             await ch.send(qp, f"{NAME}.answer", {"ct": out.serialize()})
         else:
@@ -669,8 +688,8 @@ async def dealer(ctx: RoleContext) -> RoleResult:
         return RoleResult({"role": "dealer", "sessions": 0})
     from mpc.twopc import Dealer
     qp = ctx.one_with_role("qp")
-    served = failed = 0
     serving = Dealer(ctx.channel, prefix=NAME, timeout=p.timeout)
+    sessions: list[asyncio.Task] = []
     while True:
         order = await ctx.channel.recv(qp, f"{NAME}.schedule", p.timeout)
         if order.get("done"):
@@ -678,12 +697,14 @@ async def dealer(ctx: RoleContext) -> RoleResult:
         a, b = order["pair"]
         if qp not in (a, b) or a == b or {a, b} - set(ctx.roles):
             raise PeerMisbehaved(qp, f"asked the dealer to serve an invalid pair {order['pair']}")
-        try:
-            await serving.serve((a, b), tag=str(order.get("tag", "")))
-            served += 1
-        except ChannelError:
-            failed += 1  # a party of that 2PC dropped out; the others go on
-    return RoleResult({"role": "dealer", "sessions": served, "failed_sessions": failed})
+        # each session on its own: the QP runs its 2PCs with all APs at once
+        sessions.append(asyncio.create_task(serving.serve((a, b), tag=str(order.get("tag", "")))))
+    outcomes = await asyncio.gather(*sessions, return_exceptions=True)
+    for got in outcomes:
+        if isinstance(got, BaseException) and not isinstance(got, ChannelError):
+            raise got
+    failed = sum(isinstance(got, ChannelError) for got in outcomes)  # a party of it dropped out
+    return RoleResult({"role": "dealer", "sessions": len(outcomes) - failed, "failed_sessions": failed})
 
 
 ROLES = {"qp": querying_party, "ap": answering_party, "pg": privacy_guardian, "dealer": dealer}

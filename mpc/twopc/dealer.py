@@ -8,13 +8,13 @@ dealer does not collude with either party.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 
 import numpy as np
 import torch
 
-from ..channel import Channel, ChannelError
+from ..channel import Channel
 from .communicator import TwoPartyError
+from .inbox import recv_tagged
 from .shims import count_wraps, random_ring
 
 _TRIPLE_OPS = {"mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"}
@@ -82,25 +82,16 @@ def _serve_plan(a: dict, b: dict) -> list[list[list[np.ndarray]]] | None:
     return out
 
 
-class SessionAbandoned(ChannelError):
-    """A 2PC party moved on to a later session: this one can no longer finish."""
-
-    def __init__(self, peer: str, tag: str, newer: str):
-        super().__init__(f"party '{peer}' left 2PC session {tag!r} for {newer!r} (its peer "
-                         "dropped out)")
-        self.peer = peer
-
-
 class Dealer:
-    """Serves one protocol run's 2PC sessions, one after another.
+    """Serves one protocol run's 2PC sessions, several at once if asked.
 
     Both parties of a session send the same request stream; the dealer answers a
     request only when both agree on it, and sends each party only its own shares.
     It waits for both parties at once, so a party that dies fails the session at
-    once (PeerGone) instead of after the other party's timeout. Requests carry
-    their session's ``tag``: those of a session that ended (cut short) are
-    skipped, and one of a later session means its sender gave this one up; that
-    request is kept for its own session and this one fails (SessionAbandoned).
+    once (PeerGone) instead of after the other party's timeout. Requests and answers
+    carry their session's ``tag`` (:mod:`.inbox`), so concurrent sessions with a
+    common party (a querying party and every answering party) do not mix, and a
+    session a party gave up leaves the others unharmed.
 
     A party that has run the same computation before may announce its whole
     request sequence at once (a *plan*, see :class:`DealerProvider`); when both
@@ -110,32 +101,13 @@ class Dealer:
 
     def __init__(self, channel: Channel, prefix: str = "mpc", timeout: float | None = 60.0):
         self.channel, self.prefix, self.timeout = channel, prefix, timeout
-        self._ahead: dict[str, list[dict]] = defaultdict(list)  # requests of later sessions
-        self._ended: set[str] = set()
 
     async def serve(self, parties: tuple[str, str], tag: str = "") -> int:
         """Serve the session ``tag`` between ``parties``; returns the requests served."""
-        try:
-            return await self._serve(parties, tag)
-        finally:
-            self._ended.add(tag)
+        return await self._serve(parties, tag)
 
     async def _request(self, party: str, tag: str) -> dict:
-        ahead = self._ahead[party]
-        ahead[:] = [r for r in ahead if r.get("tag", "") not in self._ended]
-        for i, req in enumerate(ahead):
-            if req.get("tag", "") == tag:
-                return ahead.pop(i)
-        if ahead:
-            raise SessionAbandoned(party, tag, ahead[0].get("tag", ""))
-        while True:
-            req = await self.channel.recv(party, f"{self.prefix}.tuple_req", self.timeout)
-            got = req.get("tag", "")
-            if got == tag:
-                return req
-            if got not in self._ended:  # a later session's: keep it for then
-                ahead.append(req)
-                raise SessionAbandoned(party, tag, got)
+        return await recv_tagged(self.channel, party, f"{self.prefix}.tuple_req", tag, self.timeout)
 
     async def _requests(self, parties: tuple[str, ...], tag: str) -> list[dict]:
         """One request from each party, waiting for all at once; the first failure wins."""
@@ -158,13 +130,13 @@ class Dealer:
             planned = [r.get("fn") == "plan" for r in reqs]
             if all(planned) and (shares := _serve_plan(reqs[0], reqs[1])) is not None:
                 for party, mine in zip(parties, shares, strict=True):
-                    await self.channel.send(party, kind, {"plan": mine})
+                    await self.channel.send(party, kind, {"tag": tag, "plan": mine})
                 served += len(shares[0])
                 continue
             for i, p in enumerate(parties):
                 if planned[i]:
-                    await self.channel.send(p, kind, {"refused": "the other party has no "
-                                                                  "matching plan"})
+                    await self.channel.send(p, kind, {"tag": tag, "refused": "the other party has "
+                                                                             "no matching plan"})
                     reqs[i] = (await self._requests((p,), tag))[0]
             if reqs[0] != reqs[1]:
                 raise TwoPartyError(f"2PC parties {parties[0]!r} and {parties[1]!r} asked the "
@@ -173,7 +145,7 @@ class Dealer:
                 return served
             shares = _make_tuple(reqs[0])
             for party, mine in zip(parties, shares, strict=True):
-                await self.channel.send(party, kind, mine)
+                await self.channel.send(party, kind, {"tag": tag, "shares": mine})
             served += 1
 
 

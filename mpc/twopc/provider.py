@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .communicator import ChannelCommunicator, TwoPartyError
+from .inbox import recv_tagged
 from .shims import ArithmeticSharedTensor, BinarySharedTensor, TupleProvider
 
 
@@ -75,8 +76,9 @@ class DealerProvider(TupleProvider):
         ch = self.comm.channel
         await ch.send(self.dealer, f"{self.prefix}.tuple_req", {**req, "tag": self.tag})
         # If the other party of the 2PC dies, the dealer will never answer: fail at once.
-        return await ch.recv(self.dealer, f"{self.prefix}.tuple", self.comm.timeout,
-                             watch=(self.comm.peer,))
+        got = await recv_tagged(ch, self.dealer, f"{self.prefix}.tuple", self.tag,
+                                self.comm.timeout, watch=(self.comm.peer,))
+        return got if isinstance(got, dict) else {}
 
     def _fetch(self, req: dict) -> list[torch.Tensor]:
         self.requests += 1
@@ -96,7 +98,7 @@ class DealerProvider(TupleProvider):
                 return [torch.from_numpy(np.asarray(a)) for a in self._prefetched[self._cursor - 1]]
             self._plan = self._prefetched = None  # the computation went another way
         self.round_trips += 1
-        got = self.comm._call(self._ask(req))
+        got = self.comm._call(self._ask(req)).get("shares")
         if not isinstance(got, list):
             raise TwoPartyError(f"dealer '{self.dealer}' sent a malformed answer to a {req['fn']} request")
         return [torch.from_numpy(np.asarray(a)) for a in got]
