@@ -1,11 +1,13 @@
 """CaPC end to end between processes over the embedded broker: latency and throughput.
 
-Run: python -m benchmarks.bench_capc        (about 5 minutes on 2 cores)
+Run: python -m benchmarks.bench_capc [--curve]   (about 5 minutes on 2 cores; the curve ~15)
 
 Each row is a real `run_parties.py capc` run (crypto mode, digits MLP with
-square activations). Latency is the querying party's wall time for labelling,
-split into inference (encrypt, every AP's HE evaluation, transport, decrypt),
-the 2PC argmaxes with the APs (sequential), and the PG step with the final 2PC.
+square activations, or K logistic-regression teachers per AP). Latency is the
+querying party's wall time for labelling, split into inference (encrypt, every AP's
+HE evaluation, transport, decrypt), the 2PC argmaxes with the APs (all at once), and
+the PG step with the final 2PC. ``--curve`` adds labelling time against the number of
+APs (1, 2, 4, 8, 16; one batch of 64 queries).
 Model training and retraining are excluded. The anchor is the CaPC reference
 implementation's ~3.0 s per query per answering party for step 1a alone
 (MNIST CryptoNets, its machine).
@@ -23,17 +25,22 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = [  # (label, data parties, queries, batch size)
-    ("1 AP, single query", 2, 1, 1),
-    ("4 APs, single query", 5, 1, 1),
-    ("4 APs, batch of 256", 5, 256, 256),
+RUNS = [  # (label, data parties, queries, batch size, teachers per AP)
+    ("1 AP, single query", 2, 1, 1, 1),
+    ("4 APs, single query", 5, 1, 1, 1),
+    ("4 APs, batch of 256", 5, 256, 256, 1),
+    ("4 APs x 50 teachers, batch of 256", 5, 256, 256, 50),
 ]
+CURVE = [(f"{n} AP{'s' if n > 1 else ''}, batch of 64", n + 1, 64, 64, 1) for n in (1, 2, 4, 8, 16)]
 
 
-def run(parties: int, queries: int, batch: int, runs_dir: Path) -> dict:
-    cmd = [sys.executable, str(ROOT / "run_parties.py"), "--runs-dir", str(runs_dir), "capc",
+def run(parties: int, queries: int, batch: int, teachers: int, runs_dir: Path) -> dict:
+    cmd = [sys.executable, str(ROOT / "run_parties.py"), "--runs-dir", str(runs_dir),
+           "--timeout", "1800", "capc",
            "--parties", str(parties), "--queries", str(queries), "--batch-size", str(batch),
            "--epochs", "10"]
+    if teachers > 1:
+        cmd += ["--teachers-per-party", str(teachers), "--teacher-arch", "logreg"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"run failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
@@ -42,15 +49,19 @@ def run(parties: int, queries: int, batch: int, runs_dir: Path) -> dict:
 
 
 def main() -> None:
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--curve", action="store_true", help="also time 1, 2, 4, 8 and 16 APs")
+    args = ap.parse_args()
     console = Console(width=160)
     table = Table(title="CaPC labelling between processes (embedded broker, crypto mode)")
     for col in ("setting", "queries", "labelling s", "per query", "inference", "argmax 2PCs",
                 "PG + final 2PC", "AP HE eval", "bytes/query/AP (AP->all)", "anchor"):
         table.add_column(col, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, parties, queries, batch in RUNS:
+        for label, parties, queries, batch, teachers in RUNS + (CURVE if args.curve else []):
             console.print(f"running: {label} ...")
-            res = run(parties, queries, batch, Path(tmp))
+            res = run(parties, queries, batch, teachers, Path(tmp))
             recs = res["parties"]
             qp = recs["party1"]["result"]
             t = qp["timing_seconds"]
@@ -59,7 +70,8 @@ def main() -> None:
             he_eval = max(r["result"]["timing_seconds"]["he_evaluate"] for r in aps)
             ap_bytes = sum(r["transport"]["sent_bytes"] for r in aps) / len(aps) / queries
             table.add_row(label, str(queries), f"{total:.2f}",
-                          f"{total / queries * 1e3:.0f} ms" if queries > 1 else f"{total:.2f} s",
+                          f"{total / queries * 1e3:.0f} ms ({queries / total:.0f} labels/s)"
+                          if queries > 1 else f"{total:.2f} s",
                           f"{t['inference']:.2f}", f"{t['argmax_2pc']:.2f}",
                           f"{t['pg_and_final_2pc']:.2f}", f"{he_eval:.2f}",
                           f"{ap_bytes / 1e3:,.1f} kB", "~3.0 s/query/AP (step 1a)")
