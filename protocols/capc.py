@@ -59,7 +59,7 @@ from .errors import ParameterError, PeerMisbehaved
 from .params import Params
 
 NAME = "capc"
-QUERY_PIECE_BYTES = 16 * 2**20   # encrypted queries go in pieces well below a message's limit
+QUERY_PIECE_BYTES = 16 * 2**20   # ciphertexts go in pieces well below a message's limit
 RULES = {
     ("ap", "qp", "depth"),           # public: the AP model's multiplicative depth (CKKS parameters)
     ("qp", "ap", "query"),           # encrypted queries (+ the QP's public CKKS context)
@@ -232,6 +232,25 @@ def vote_share(onehot: np.ndarray, teachers: int) -> np.ndarray:
     return o.reshape(-1, teachers, o.shape[-1]).sum(axis=1, dtype=np.uint64)
 
 
+def in_pieces(blob: bytes, **header: Any) -> list[dict]:
+    """A ciphertext blob as messages of at most QUERY_PIECE_BYTES: a wide batch (MNIST: 784
+    feature ciphertexts) or many teachers' outputs outgrow one message."""
+    pieces = [blob[i:i + QUERY_PIECE_BYTES] for i in range(0, len(blob), QUERY_PIECE_BYTES)] or [b""]
+    return [{**header, "piece": i, "pieces": len(pieces), "ct": piece} for i, piece in enumerate(pieces)]
+
+
+async def rest_of_pieces(ch: Channel, frm: str, kind: str, first: dict, timeout: float) -> bytes:
+    """The whole blob whose first piece is ``first``."""
+    blob = [first["ct"]]
+    for i in range(1, int(first.get("pieces", 1))):
+        piece = await ch.recv(frm, kind, timeout)
+        if piece.get("batch") != first.get("batch") or piece.get("piece") != i:
+            raise PeerMisbehaved(frm, f"sent piece {piece.get('piece')} of batch {piece.get('batch')} "
+                                      f"as piece {i} of batch {first.get('batch')}")
+        blob.append(piece["ct"])
+    return b"".join(blob)
+
+
 def noise_source(p: CapcParams) -> pate.NoiseSource:
     if p.noise_seed is None:
         return pate.NoiseSource.secure()
@@ -363,11 +382,7 @@ class _Querier:
         if self.p.crypto:
             import he
             enc = await asyncio.to_thread(he.encrypt, self.keys, xb, packing="batch")
-            blob = enc.serialize()
-            # one ciphertext per feature: a wide batch (MNIST: 784) outgrows one message
-            pieces = [blob[i:i + QUERY_PIECE_BYTES] for i in range(0, len(blob), QUERY_PIECE_BYTES)]
-            payloads = [{"batch": b, "piece": i, "pieces": len(pieces), "ct": piece}
-                        for i, piece in enumerate(pieces)]
+            payloads = in_pieces(enc.serialize(), batch=b)
             if b == 0:
                 payloads[0]["context"] = self.public.serialize()
         else:
@@ -382,15 +397,16 @@ class _Querier:
             except ChannelError as e:
                 self._drop(ap, e)
                 continue
-            shares[ap] = await self._my_share(answer)
+            shares[ap] = await self._my_share(ap, answer)
         return shares
 
-    async def _my_share(self, answer: dict) -> np.ndarray:
+    async def _my_share(self, ap: str, answer: dict) -> np.ndarray:
         """The QP's share of an AP's logits, in the ring (the AP holds the other)."""
         if not self.p.crypto:
             return additive.as_ring(np.asarray(answer["y"]))
         import he
-        out = he.EncryptedOutput.load(self.public, answer["ct"])
+        out = he.EncryptedOutput.load(self.public, await rest_of_pieces(
+            self.ch, ap, f"{NAME}.answer", answer, self.p.timeout))
         return await asyncio.to_thread(he.decrypt_share, self.keys, out)
 
     async def votes(self, b: int, shares: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -574,16 +590,11 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
             import he
             if public is None:
                 public = he.PublicContext.load(query["context"])
-            blob = [query["ct"]]
-            for i in range(1, int(query.get("pieces", 1))):
-                piece = await ch.recv(qp, f"{NAME}.query", p.timeout)
-                if piece.get("batch") != b or piece.get("piece") != i:
-                    raise PeerMisbehaved(qp, f"sent piece {piece.get('piece')} of batch "
-                                             f"{piece.get('batch')}, expected piece {i} of {b}")
-                blob.append(piece["ct"])
-            enc = he.EncryptedBatch.load(public, b"".join(blob))
+            enc = he.EncryptedBatch.load(public, await rest_of_pieces(ch, qp, f"{NAME}.query",
+                                                                       query, p.timeout))
             out, mine = await asyncio.to_thread(plan.evaluate, enc, mask=True, context=public)
-            await ch.send(qp, f"{NAME}.answer", {"ct": out.serialize()})
+            for piece in in_pieces(out.serialize(), batch=b):
+                await ch.send(qp, f"{NAME}.answer", piece)
         else:
             with torch.no_grad():
                 logits = model(torch.as_tensor(query["x"])).double().numpy()
