@@ -701,15 +701,20 @@ async def dealer(ctx: RoleContext) -> RoleResult:
     qp = ctx.one_with_role("qp")
     serving = Dealer(ctx.channel, prefix=NAME, timeout=p.timeout)
     sessions: list[asyncio.Task] = []
-    while True:
-        order = await ctx.channel.recv(qp, f"{NAME}.schedule", p.timeout)
-        if order.get("done"):
-            break
-        a, b = order["pair"]
-        if qp not in (a, b) or a == b or {a, b} - set(ctx.roles):
-            raise PeerMisbehaved(qp, f"asked the dealer to serve an invalid pair {order['pair']}")
-        # each session on its own: the QP runs its 2PCs with all APs at once
-        sessions.append(asyncio.create_task(serving.serve((a, b), tag=str(order.get("tag", "")))))
+    try:
+        while True:
+            order = await ctx.channel.recv(qp, f"{NAME}.schedule", p.timeout)
+            if order.get("done"):
+                break
+            a, b = order["pair"]
+            if qp not in (a, b) or a == b or {a, b} - set(ctx.roles):
+                raise PeerMisbehaved(qp, f"asked the dealer to serve an invalid pair {order['pair']}")
+            # each session on its own: the QP runs its 2PCs with all APs at once
+            sessions.append(asyncio.create_task(serving.serve((a, b), tag=str(order.get("tag", "")))))
+    except BaseException:
+        for task in sessions:
+            task.cancel()
+        raise
     outcomes = await asyncio.gather(*sessions, return_exceptions=True)
     for got in outcomes:
         if isinstance(got, BaseException) and not isinstance(got, ChannelError):
