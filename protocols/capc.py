@@ -60,6 +60,9 @@ from .params import Params
 
 NAME = "capc"
 QUERY_PIECE_BYTES = 16 * 2**20   # ciphertexts go in pieces well below a message's limit
+# Each running 2PC holds a worker thread of the QP for its whole length; more at once than
+# the default pool's threads (cores + 4) starved it with 16 APs on 2 cores.
+MAX_CONCURRENT_2PC = 4
 RULES = {
     ("ap", "qp", "depth"),           # public: the AP model's multiplicative depth (CKKS parameters)
     ("qp", "ap", "query"),           # encrypted queries (+ the QP's public CKKS context)
@@ -413,9 +416,12 @@ class _Querier:
         """Step 3: a 2PC argmax with each AP, all at once: shares of their vote histograms."""
         k, classes = self.p.teachers, self.data.num_classes
 
+        at_once = asyncio.Semaphore(MAX_CONCURRENT_2PC)
+
         async def with_ap(ap: str, share: np.ndarray) -> np.ndarray:
-            onehot = await _argmax(self.ch, ap, self.dealer, self.p, f"{b}:{ap}",
-                                   per_teacher(share, k, classes))
+            async with at_once:
+                onehot = await _argmax(self.ch, ap, self.dealer, self.p, f"{b}:{ap}",
+                                       per_teacher(share, k, classes))
             return vote_share(onehot, k)
 
         if self.p.crypto:   # the dealer serves every pair's session concurrently
