@@ -60,9 +60,6 @@ from .params import Params
 
 NAME = "capc"
 QUERY_PIECE_BYTES = 16 * 2**20   # ciphertexts go in pieces well below a message's limit
-# Each running 2PC holds a worker thread of the QP for its whole length; more at once than
-# the default pool's threads (cores + 4) starved it with 16 APs on 2 cores.
-MAX_CONCURRENT_2PC = 4
 RULES = {
     ("ap", "qp", "depth"),           # public: the AP model's multiplicative depth (CKKS parameters)
     ("qp", "ap", "query"),           # encrypted queries (+ the QP's public CKKS context)
@@ -413,31 +410,23 @@ class _Querier:
         return await asyncio.to_thread(he.decrypt_share, self.keys, out)
 
     async def votes(self, b: int, shares: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Step 3: a 2PC argmax with each AP, all at once: shares of their vote histograms."""
+        """Step 3: a 2PC argmax with each AP, one after another: shares of their vote
+        histograms. (Running them at once worked with 4 APs and hung with 8: left open.)"""
         k, classes = self.p.teachers, self.data.num_classes
-
-        at_once = asyncio.Semaphore(MAX_CONCURRENT_2PC)
-
-        async def with_ap(ap: str, share: np.ndarray) -> np.ndarray:
-            async with at_once:
-                onehot = await _argmax(self.ch, ap, self.dealer, self.p, f"{b}:{ap}",
-                                       per_teacher(share, k, classes))
-            return vote_share(onehot, k)
-
-        if self.p.crypto:   # the dealer serves every pair's session concurrently
-            for ap in shares:
-                await self.ch.send(self.dealer, f"{NAME}.schedule",
-                                   {"pair": [self.ctx.me, ap], "tag": f"{b}:{ap}"})
-        outcomes = await asyncio.gather(*(with_ap(ap, s) for ap, s in shares.items()),
-                                        return_exceptions=True)
         vote_shares = {}
-        for ap, got in zip(shares, outcomes, strict=True):
-            if isinstance(got, ChannelError) and getattr(got, "peer", ap) == ap:
-                self._drop(ap, got, "during its 2PC")
-            elif isinstance(got, BaseException):
-                raise got   # e.g. the dealer died: nobody can go on
-            else:
-                vote_shares[ap] = got
+        for ap, share in shares.items():
+            tag = f"{b}:{ap}"
+            try:
+                if self.p.crypto:
+                    await self.ch.send(self.dealer, f"{NAME}.schedule",
+                                       {"pair": [self.ctx.me, ap], "tag": tag})
+                onehot = await _argmax(self.ch, ap, self.dealer, self.p, tag,
+                                       per_teacher(share, k, classes))
+                vote_shares[ap] = vote_share(onehot, k)
+            except ChannelError as e:
+                if getattr(e, "peer", ap) != ap:  # the dealer died, not the AP: nobody can go on
+                    raise
+                self._drop(ap, e, "during its 2PC")
         return vote_shares
 
     async def labels_of(self, b: int, rows: range, vote_shares: dict[str, np.ndarray]) -> float:
