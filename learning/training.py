@@ -83,6 +83,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return evaluate(model, x, y)[0]
 
 
+def disjoint_shards(n: int, k: int, seed: int) -> list[torch.Tensor]:
+    """Indices 0..n-1 shuffled by a public seed and cut into ``k`` disjoint shards of
+    near-equal size (so each record lands in one shard only)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return list(torch.tensor_split(order, k))
+
+
 def round_seed(seed: int, party_index: int, rnd: int) -> int:
     """The public shuffling seed of one party's local training in one round."""
     return int(np.random.SeedSequence([int(seed), party_index, rnd]).generate_state(1)[0])

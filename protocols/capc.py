@@ -48,7 +48,7 @@ from learning.models import (
     build_model,
     stack_teachers,
 )
-from learning.training import accuracy, train
+from learning.training import accuracy, disjoint_shards, train
 from mpc import additive, encoding, randomness
 from mpc.channel import Channel, ChannelError
 from privacy import pate
@@ -209,10 +209,9 @@ def train_teachers(ctx: RoleContext, p: CapcParams, data: PartyData) -> list[tor
         raise ParameterError(f"capc: '{ctx.me}' has {len(data.x)} records, too few for {k} "
                              "teachers on disjoint shards (at least 2 each)")
     me = data_parties(ctx).index(ctx.me)
-    order = torch.randperm(len(data.x), generator=torch.Generator().manual_seed(p.seed * 1000 + me))
     arch = p.teacher_arch or architecture(ctx, p, ctx.me)
     teachers = []
-    for t, shard in enumerate(torch.tensor_split(order, k)):
+    for t, shard in enumerate(disjoint_shards(len(data.x), k, p.seed * 1000 + me)):
         seed = (p.seed * 1000 + me) * 1000 + t
         model = build_model(arch, data.x.shape[1], data.num_classes, seed=seed)
         teachers.append(train(model, data.x[shard], data.y[shard], epochs=p.epochs, lr=0.01,
