@@ -189,3 +189,29 @@ async def test_dealer_moves_on_when_a_party_dies_mid_2pc():
     assert outcome["b0:ap2"] > 0
     np.testing.assert_array_equal(encoding.decode(additive.reconstruct([r_qp, r_ap2])),
                                   [[0, 1, 0, 0]])
+
+
+async def test_one_party_runs_many_2pcs_at_once_without_starving_threads():
+    """A querying party runs its argmax 2PC with every answering party at once, one
+    dealer serving all sessions (told apart by tag). Here all parties share one process:
+    34 sessions blocked on the channel at once, more than asyncio's default thread pool
+    ever has (32), which deadlocked when sessions ran in that pool."""
+    from mpc.twopc import onehot_argmax_share
+    aps = [f"ap{i}" for i in range(17)]
+    net = InMemoryNetwork(["qp", "dealer", *aps])
+    rng = np.random.default_rng(7)
+    logits = {ap: rng.normal(scale=5, size=(3, 4)) for ap in aps}
+    shares = {ap: additive.share(encoding.encode(x), 2) for ap, x in logits.items()}
+    dealer = Dealer(net.channel("dealer"), timeout=60)
+
+    async def side(me: str, peer: str, ap: str, share: np.ndarray) -> np.ndarray:
+        async with TwoParty(net.channel(me), peer, "dealer", timeout=60, tag=ap) as tp:
+            return await tp.run(onehot_argmax_share, share)
+
+    outs = await asyncio.wait_for(asyncio.gather(
+        *(side("qp", ap, ap, shares[ap][0]) for ap in aps),
+        *(side(ap, "qp", ap, shares[ap][1]) for ap in aps),
+        *(dealer.serve(("qp", ap), tag=ap) for ap in aps)), timeout=240)
+    for i, ap in enumerate(aps):
+        onehot = encoding.decode(additive.reconstruct([outs[i], outs[len(aps) + i]]))
+        np.testing.assert_array_equal(onehot, np.eye(4)[logits[ap].argmax(-1)])

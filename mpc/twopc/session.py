@@ -9,7 +9,9 @@ one-hot argmax, nobody seeing the argmax.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -65,6 +67,7 @@ class TwoParty:
         self._comm: ChannelCommunicator | None = None
         self._provider: DealerProvider | None = None
         self._seeded = False
+        self._thread: ThreadPoolExecutor | None = None
 
     async def __aenter__(self) -> TwoParty:
         loop = asyncio.get_running_loop()
@@ -72,11 +75,25 @@ class TwoParty:
                                          f"{self.prefix}.crypten", self.timeout,
                                          watch=(self.dealer,))
         self._provider = DealerProvider(self._comm, self.dealer, self.prefix, self.tag)
+        # A session's own thread, not one of the loop's shared pool: it blocks on the
+        # channel for the whole 2PC, and a party running many sessions at once (a
+        # querying party with every answering party) would starve the pool.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"2pc-{self.peer}")
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and self._provider is not None:
-            await asyncio.to_thread(self._in_context, self._provider.done)
+        try:
+            if exc_type is None and self._provider is not None:
+                await self._in_thread(self._provider.done)
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown(wait=False)
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any, plan_key: tuple | None = None
+                         ) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._thread, functools.partial(self._in_context, fn, *args, plan_key=plan_key))
 
     def _in_context(self, fn: Callable[..., Any], *args: Any, plan_key: tuple | None = None) -> Any:
         local.comm, local.provider = self._comm, self._provider
@@ -104,7 +121,7 @@ class TwoParty:
         """Run ``fn(*args)`` (CrypTen code) as this party of the 2PC, in a worker thread."""
         if self._comm is None:
             raise TwoPartyError("use 'async with TwoParty(...) as tp:' before tp.run(...)")
-        return await asyncio.to_thread(self._in_context, fn, *args, plan_key=computation_key(fn, args))
+        return await self._in_thread(fn, *args, plan_key=computation_key(fn, args))
 
     @property
     def stats(self) -> dict[str, int]:
