@@ -281,6 +281,17 @@ async def _two_pc(ch: Channel, peer: str, dealer: str, p: CapcParams, tag: str, 
         return await tp.run(fn, *args)
 
 
+def _he_needs(ap: str, msg: Any) -> tuple[int, int]:
+    """(multiplicative depth, slots for single-query packing) an AP's model needs."""
+    try:
+        depth, slots = int(msg["depth"]), int(msg["single_slots"])
+    except (TypeError, KeyError, ValueError):
+        raise PeerMisbehaved(ap, "sent a malformed 'depth' message") from None
+    if not (0 <= depth <= 64 and 1 <= slots <= 2**20):
+        raise PeerMisbehaved(ap, f"asks for depth {depth} and {slots} slots: out of range")
+    return depth, slots
+
+
 async def _argmax(ch: Channel, peer: str, dealer: str, p: CapcParams, tag: str,
                   share: np.ndarray) -> np.ndarray:
     """Step 3 between the QP and one AP: shares of the AP's one-hot vote."""
@@ -353,6 +364,7 @@ class _Querier:
     dealer: str
     keys: Any = None
     public: Any = None
+    packing: str = "batch"                                  # how queries are encrypted
     live_aps: list[str] = field(default_factory=list)
     labels: dict[int, int] = field(default_factory=dict)
     status: dict[int, str] = field(default_factory=dict)   # query row -> answered/refused/abstained
@@ -370,17 +382,26 @@ class _Querier:
     async def keygen(self) -> None:
         """A CKKS key deep enough for every AP's model (crypto mode)."""
         import he
-        depths = {ap: await self.ch.recv(ap, f"{NAME}.depth", self.p.timeout) for ap in self.aps}
-        self.keys = await asyncio.to_thread(he.keygen, depth=max(int(d) for d in depths.values()),
-                                            single_query=False)
-        self.public = self.keys.public(galois=False)
+        needs = [_he_needs(ap, await self.ch.recv(ap, f"{NAME}.depth", self.p.timeout))
+                 for ap in self.aps]
+        depth, slots = max(n[0] for n in needs), max(n[1] for n in needs)
+        # One query at a time: single-query packing (one ciphertext, rotations, Galois
+        # keys sent once) instead of one ciphertext per feature, ~60x fewer bytes and
+        # HE work per query. Batches pack a query per slot and need no rotations.
+        single = self.p.batch_size == 1
+        self.keys = await asyncio.to_thread(he.keygen, depth=depth, single_query=single)
+        if single and self.keys.params.slots < slots:   # a model too wide for one ciphertext
+            single = False
+            self.keys = await asyncio.to_thread(he.keygen, depth=depth, single_query=False)
+        self.packing = "single" if single else "batch"
+        self.public = self.keys.public(galois=single)
 
     async def infer(self, b: int, rows: range) -> dict[str, np.ndarray]:
         """Steps 1-2: queries out, masked answers in: shares of every live AP's logits."""
         xb = self.data.x_queries[list(rows)]
         if self.p.crypto:
             import he
-            enc = await asyncio.to_thread(he.encrypt, self.keys, xb, packing="batch")
+            enc = await asyncio.to_thread(he.encrypt, self.keys, xb, packing=self.packing)
             payloads = in_pieces(enc.serialize(), batch=b)
             if b == 0:
                 payloads[0]["context"] = self.public.serialize()
@@ -518,13 +539,15 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
         await _timed(q.timing, "keygen", q.keygen())
     curve, epsilon, plan = [], 0.0, p.batches()
     for b, rows in enumerate(plan):
+        start = time.perf_counter()
         shares = await _timed(q.timing, "inference", q.infer(b, rows))
         vote_shares = await _timed(q.timing, "argmax_2pc", q.votes(b, shares))
         epsilon = await _timed(q.timing, "pg_and_final_2pc", q.labels_of(b, rows, vote_shares))
+        seconds = time.perf_counter() - start     # this batch's labelling, end to end
         acc_now = (await _timed(q.timing, "retrain", asyncio.to_thread(q.retrained_accuracy))
                    if q.labels else acc_before)
         curve.append({"queries": rows.stop, "labelled": len(q.labels), "accuracy": acc_now,
-                      "epsilon": epsilon})
+                      "epsilon": epsilon, "labelling_seconds": round(seconds, 3)})
         # kept in the results if a peer dies later: what this run already bought
         ctx.partial.update(curve=curve, epsilon=epsilon, **q.counts,
                            labels={str(k): v for k, v in sorted(q.labels.items())})
@@ -549,6 +572,7 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
         "epsilon": epsilon, "delta": p.delta, "accounting": "data-independent, worst case",
         "labels": {str(k): v for k, v in sorted(q.labels.items())}, "curve": curve,
         "timing_seconds": {k: round(v, 3) for k, v in q.timing.items()},
+        **({"packing": q.packing} if p.crypto else {}),
     }, outputs=outputs)
 
 
@@ -578,7 +602,7 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
     if p.crypto:
         import he
         plan = he.compile(model, (features,))
-        await ch.send(qp, f"{NAME}.depth", plan.depth)
+        await ch.send(qp, f"{NAME}.depth", {"depth": plan.depth, "single_slots": plan.single_slots})
     timing = {"he_evaluate": 0.0, "argmax_2pc": 0.0}
     for b, _rows in enumerate(p.batches()):
         query = await ch.recv(qp, f"{NAME}.query", p.timeout)

@@ -202,3 +202,18 @@ async def test_qp_runs_its_2pcs_with_all_aps_at_once(tmp_path, monkeypatch):
     assert len(spans) == 3 and max(starts) < min(ends)       # all three were running together
     plain = await run_capc(tmp_path, {**params, "mode": "plaintext"}, aps=3)
     assert crypto["qp"].public["labels"] == plain["qp"].public["labels"]
+
+
+async def test_single_queries_use_single_query_packing(tmp_path):
+    """Batches of one query go as one ciphertext (rotations, Galois keys sent once),
+    and give the plaintext simulation's labels, with teachers stacked too."""
+    params = {**SMALL, "queries": 2, "batch_size": 1, "sigma_gnmax": 1.0, "threshold": None}
+    crypto = await run_capc(tmp_path, {**params, "mode": "crypto"}, aps=2)
+    assert not any(isinstance(r, BaseException) for r in crypto.values()), crypto
+    qp = crypto["qp"].public
+    assert qp["packing"] == "single" and len(qp["curve"]) == 2
+    assert all(c["labelling_seconds"] > 0 for c in qp["curve"])
+    plain = await run_capc(tmp_path, {**params, "mode": "plaintext"}, aps=2)
+    assert qp["labels"] == plain["qp"].public["labels"] and len(qp["labels"]) == 2
+    batched = await run_capc(tmp_path, {**params, "mode": "crypto", "batch_size": 2}, aps=2)
+    assert batched["qp"].public["packing"] == "batch"
