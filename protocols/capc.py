@@ -304,12 +304,32 @@ async def _argmax(ch: Channel, peer: str, dealer: str, p: CapcParams, tag: str,
 async def _final(ch: Channel, peer: str, dealer: str, p: CapcParams, tag: str,
                  s_threshold: np.ndarray, s_argmax: np.ndarray, s_count: np.ndarray) -> tuple:
     """Step 5 between the QP and the PG: shares of the label (and of 'answered')."""
-    cap = p.max_answers if p.threshold is not None else None
     if p.crypto:
-        return await _two_pc(ch, peer, dealer, p, tag, _final_local, s_threshold, s_argmax,
-                             p.threshold, s_count if cap is not None else None, cap)
+        return await _two_pc(ch, peer, dealer, p, tag, _final_local,
+                             *_final_args(p, s_threshold, s_argmax, s_count))
+    cap = p.max_answers if p.threshold is not None else None
     return await _plain_two_pc(ch, peer, _plain_final(p.threshold, cap), s_threshold, s_argmax,
                                s_count)
+
+
+def _final_args(p: CapcParams, s_threshold: np.ndarray, s_argmax: np.ndarray,
+                s_count: np.ndarray) -> tuple:
+    cap = p.max_answers if p.threshold is not None else None
+    return s_threshold, s_argmax, p.threshold, s_count if cap is not None else None, cap
+
+
+async def _rehearse_single_query(p: CapcParams, classes: int, *, argmax: bool, final: bool
+                                 ) -> None:
+    """One query at a time: learn the 2PCs' dealer plans locally before the first query
+    (:mod:`mpc.twopc.rehearsal`), so that query does not pay a round trip per tuple."""
+    if not (p.crypto and p.batch_size == 1):
+        return
+    from mpc.twopc import onehot_argmax_share, rehearse
+    if argmax:
+        await rehearse(onehot_argmax_share, np.zeros((p.teachers, classes), dtype=np.uint64))
+    if final:
+        row = np.zeros((1, classes), dtype=np.uint64)
+        await rehearse(_final_local, *_final_args(p, row, row, np.zeros(1, dtype=np.uint64)))
 
 
 async def _plain_two_pc(ch: Channel, peer: str, compute, *shares: np.ndarray):
@@ -373,7 +393,7 @@ class _Querier:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("answered", "refused", "abstained"), 0))
     timing: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("keygen", "inference", "argmax_2pc", "pg_and_final_2pc", "retrain"), 0.0))
+        ("keygen", "rehearsal", "inference", "argmax_2pc", "pg_and_final_2pc", "retrain"), 0.0))
 
     @property
     def ch(self) -> Channel:
@@ -537,6 +557,8 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
                  live_aps=list(aps))
     if p.crypto:
         await _timed(q.timing, "keygen", q.keygen())
+        await _timed(q.timing, "rehearsal", _rehearse_single_query(
+            p, data.num_classes, argmax=True, final=True))
     curve, epsilon, plan = [], 0.0, p.batches()
     for b, rows in enumerate(plan):
         start = time.perf_counter()
@@ -597,12 +619,13 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
     arch = "own model" if own is not None else (p.teacher_arch or architecture(ctx, p, ctx.me))
     ctx.progress(f"{len(teachers)} teacher(s) ({arch}): "
                  + (f"mean test accuracy {acc:.3f}" if acc is not None else "no data to test on"))
-    features = study_data.shape(NAME, p.dataset, p.data, p.seed)[0]
+    features, classes = study_data.shape(NAME, p.dataset, p.data, p.seed)
     plan = public = None
     if p.crypto:
         import he
         plan = he.compile(model, (features,))
         await ch.send(qp, f"{NAME}.depth", {"depth": plan.depth, "single_slots": plan.single_slots})
+        await _rehearse_single_query(p, classes, argmax=True, final=False)
     timing = {"he_evaluate": 0.0, "argmax_2pc": 0.0}
     for b, _rows in enumerate(p.batches()):
         query = await ch.recv(qp, f"{NAME}.query", p.timeout)
@@ -667,6 +690,8 @@ async def privacy_guardian(ctx: RoleContext) -> RoleResult:
     cap = p.max_answers
     charged_answers = 0
     count_share = np.zeros(1, dtype=np.uint64)   # my share of the number answered so far
+    await _rehearse_single_query(p, study_data.shape(NAME, p.dataset, p.data, p.seed)[1],
+                                 argmax=False, final=True)
     for b, rows in enumerate(p.batches()):
         votes: np.ndarray | None = None
         counted = []

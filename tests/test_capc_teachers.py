@@ -213,7 +213,9 @@ async def test_single_queries_use_single_query_packing(tmp_path):
     qp = crypto["qp"].public
     assert qp["packing"] == "single" and len(qp["curve"]) == 2
     assert all(c["labelling_seconds"] > 0 for c in qp["curve"])
+    assert qp["timing_seconds"]["rehearsal"] > 0      # the 2PCs' dealer plans learnt locally
     plain = await run_capc(tmp_path, {**params, "mode": "plaintext"}, aps=2)
     assert qp["labels"] == plain["qp"].public["labels"] and len(qp["labels"]) == 2
     batched = await run_capc(tmp_path, {**params, "mode": "crypto", "batch_size": 2}, aps=2)
     assert batched["qp"].public["packing"] == "batch"
+    assert batched["qp"].public["timing_seconds"]["rehearsal"] == 0

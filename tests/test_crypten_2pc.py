@@ -215,3 +215,33 @@ async def test_one_party_runs_many_2pcs_at_once_without_starving_threads():
     for i, ap in enumerate(aps):
         onehot = encoding.decode(additive.reconstruct([outs[i], outs[len(aps) + i]]))
         np.testing.assert_array_equal(onehot, np.eye(4)[logits[ap].argmax(-1)])
+
+
+async def test_a_rehearsed_2pc_fetches_its_tuples_in_one_round_trip():
+    """After a local rehearsal on zero shares of the same shapes, the first real 2PC
+    announces its plan: one round trip to the dealer instead of one per tuple."""
+    from mpc.twopc import onehot_argmax_share, provider, rehearse
+    provider._PLANS.clear()
+    logits = np.random.default_rng(3).normal(scale=5, size=(2, 7))
+    s0, s1 = additive.share(encoding.encode(logits), 2)
+
+    async def real() -> list[dict]:
+        net = InMemoryNetwork(["alice", "bob", "dealer"])
+
+        async def side(me, peer, share):
+            async with TwoParty(net.channel(me), peer, "dealer") as tp:
+                out = await tp.run(onehot_argmax_share, share)
+            return out, tp.stats
+        (r0, st0), (r1, _), _ = await asyncio.gather(
+            side("alice", "bob", s0), side("bob", "alice", s1),
+            serve_dealer(net.channel("dealer"), ("alice", "bob")))
+        np.testing.assert_array_equal(encoding.decode(additive.reconstruct([r0, r1])),
+                                      np.eye(7)[logits.argmax(-1)])
+        return st0
+
+    cold = await real()
+    provider._PLANS.clear()
+    await rehearse(onehot_argmax_share, s0)
+    warm = await real()
+    assert cold["dealer_round_trips"] == cold["dealer_requests"] > 10
+    assert warm["dealer_round_trips"] == 1 and warm["dealer_requests"] == cold["dealer_requests"]
