@@ -62,7 +62,8 @@ NAME = "capc"
 QUERY_PIECE_BYTES = 16 * 2**20   # ciphertexts go in pieces well below a message's limit
 RULES = {
     ("ap", "qp", "depth"),           # public: the AP model's multiplicative depth (CKKS parameters)
-    ("qp", "ap", "query"),           # encrypted queries (+ the QP's public CKKS context)
+    ("qp", "ap", "context"),         # the QP's public CKKS context (no secret key), once
+    ("qp", "ap", "query"),           # encrypted queries
     ("ap", "qp", "answer"),          # Enc(f_i(x) - r_i)
     ("qp", "ap", "crypten"), ("ap", "qp", "crypten"),   # 2PC argmax traffic
     ("qp", "pg", "crypten"), ("pg", "qp", "crypten"),   # final 2PC traffic
@@ -415,6 +416,9 @@ class _Querier:
             self.keys = await asyncio.to_thread(he.keygen, depth=depth, single_query=False)
         self.packing = "single" if single else "batch"
         self.public = self.keys.public(galois=single)
+        context = self.public.serialize()   # sent before the first query: session setup
+        for ap in self.live_aps:
+            await self.ch.send(ap, f"{NAME}.context", context)
 
     async def infer(self, b: int, rows: range) -> dict[str, np.ndarray]:
         """Steps 1-2: queries out, masked answers in: shares of every live AP's logits."""
@@ -423,8 +427,6 @@ class _Querier:
             import he
             enc = await asyncio.to_thread(he.encrypt, self.keys, xb, packing=self.packing)
             payloads = in_pieces(enc.serialize(), batch=b)
-            if b == 0:
-                payloads[0]["context"] = self.public.serialize()
         else:
             payloads = [{"batch": b, "x": xb.numpy()}]
         for ap in self.live_aps:
@@ -625,6 +627,10 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
         import he
         plan = he.compile(model, (features,))
         await ch.send(qp, f"{NAME}.depth", {"depth": plan.depth, "single_slots": plan.single_slots})
+        public = he.PublicContext.load(await ch.recv(qp, f"{NAME}.context", p.timeout))
+        if p.batch_size == 1:   # encode the plan for single queries now, not in the first one
+            await asyncio.to_thread(plan.evaluate, he.encrypt(public, torch.zeros(1, features)),
+                                    mask=True, context=public)
         await _rehearse_single_query(p, classes, argmax=True, final=False)
     timing = {"he_evaluate": 0.0, "argmax_2pc": 0.0}
     for b, _rows in enumerate(p.batches()):
@@ -634,8 +640,6 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
         t = time.perf_counter()
         if p.crypto:
             import he
-            if public is None:
-                public = he.PublicContext.load(query["context"])
             enc = he.EncryptedBatch.load(public, await rest_of_pieces(ch, qp, f"{NAME}.query",
                                                                        query, p.timeout))
             out, mine = await asyncio.to_thread(plan.evaluate, enc, mask=True, context=public)

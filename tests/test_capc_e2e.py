@@ -146,7 +146,7 @@ def test_who_receives_what_in_a_capc_run(tmp_path):
         run_dir = _run_parties(tmp_path / "runs", broker.url)
     for ap in ("party2", "party3"):
         steps = {s for _, s in _received_steps(run_dir, ap)}
-        assert steps <= {"query", "crypten", "tuple"}, steps
+        assert steps <= {"context", "query", "crypten", "tuple"}, steps
     pg = _received_steps(run_dir, "guardian")
     assert {s for _, s in pg} <= {"vote_share", "crypten", "tuple"}
     assert {f for f, s in pg if s == "vote_share"} == {"party2", "party3"}
