@@ -95,9 +95,9 @@ def expand(seed: bytes, dim: int, k: int) -> np.ndarray:
     if len(seed) != SEED_BYTES:
         raise SecAggError(f"a mask seed has {SEED_BYTES} bytes, got {len(seed)}")
     stream = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
-    out = np.zeros(dim, dtype="<u8")
-    stream.update_into(out.view(np.uint8), out.view(np.uint8))   # keystream XOR 0, in place
-    return np.bitwise_and(out, modulus_mask(k), out=out)
+    # the keystream is ChaCha20 of zeros (cryptography >= 47 refuses to encrypt in place)
+    out = np.frombuffer(stream.update(bytes(8 * dim)), dtype="<u8")
+    return np.bitwise_and(out, modulus_mask(k))
 
 
 def new_key() -> X25519PrivateKey:
