@@ -308,24 +308,29 @@ async def _final(ch: Channel, peer: str, dealer: str, p: CapcParams, tag: str,
     if p.crypto:
         return await _two_pc(ch, peer, dealer, p, tag, _final_local,
                              *_final_args(p, s_threshold, s_argmax, s_count))
-    cap = p.max_answers if p.threshold is not None else None
-    return await _plain_two_pc(ch, peer, _plain_final(p.threshold, cap), s_threshold, s_argmax,
-                               s_count)
+    return await _plain_two_pc(ch, peer, _plain_final(p.threshold, _answer_cap(p)), s_threshold,
+                               s_argmax, s_count)
+
+
+def _answer_cap(p: CapcParams) -> int | None:
+    """The cap the final 2PC enforces: only Confident-GNMax answers fewer than asked."""
+    return p.max_answers if p.threshold is not None else None
 
 
 def _final_args(p: CapcParams, s_threshold: np.ndarray, s_argmax: np.ndarray,
                 s_count: np.ndarray) -> tuple:
-    cap = p.max_answers if p.threshold is not None else None
+    """The final 2PC's arguments, built in one place so a rehearsal keys the same plan."""
+    cap = _answer_cap(p)
     return s_threshold, s_argmax, p.threshold, s_count if cap is not None else None, cap
 
 
-async def _rehearse_single_query(p: CapcParams, classes: int, *, argmax: bool, final: bool
-                                 ) -> None:
+async def _rehearse_single_query(p: CapcParams, *, argmax: bool, final: bool) -> None:
     """One query at a time: learn the 2PCs' dealer plans locally before the first query
     (:mod:`mpc.twopc.rehearsal`), so that query does not pay a round trip per tuple."""
     if not (p.crypto and p.batch_size == 1):
         return
     from mpc.twopc import onehot_argmax_share, rehearse
+    classes = study_data.shape(NAME, p.dataset, p.data, p.seed)[1]
     if argmax:
         await rehearse(onehot_argmax_share, np.zeros((p.teachers, classes), dtype=np.uint64))
     if final:
@@ -555,8 +560,7 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
                  live_aps=list(aps))
     if p.crypto:
         await _timed(q.timing, "keygen", q.keygen())
-        await _timed(q.timing, "rehearsal", _rehearse_single_query(
-            p, data.num_classes, argmax=True, final=True))
+        await _timed(q.timing, "rehearsal", _rehearse_single_query(p, argmax=True, final=True))
     curve, epsilon, plan = [], 0.0, p.batches()
     for b, rows in enumerate(plan):
         start = time.perf_counter()
@@ -617,7 +621,7 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
     arch = "own model" if own is not None else (p.teacher_arch or architecture(ctx, p, ctx.me))
     ctx.progress(f"{len(teachers)} teacher(s) ({arch}): "
                  + (f"mean test accuracy {acc:.3f}" if acc is not None else "no data to test on"))
-    features, classes = study_data.shape(NAME, p.dataset, p.data, p.seed)
+    features = study_data.shape(NAME, p.dataset, p.data, p.seed)[0]
     plan = public = None
     if p.crypto:
         import he
@@ -627,7 +631,7 @@ async def answering_party(ctx: RoleContext) -> RoleResult:
         if p.batch_size == 1:   # encode the plan for single queries now, not in the first one
             await asyncio.to_thread(plan.evaluate, he.encrypt(public, torch.zeros(1, features)),
                                     mask=True, context=public)
-        await _rehearse_single_query(p, classes, argmax=True, final=False)
+        await _rehearse_single_query(p, argmax=True, final=False)
     timing = {"he_evaluate": 0.0, "argmax_2pc": 0.0}
     for b, _rows in enumerate(p.batches()):
         query = await ch.recv(qp, f"{NAME}.query", p.timeout)
@@ -690,8 +694,7 @@ async def privacy_guardian(ctx: RoleContext) -> RoleResult:
     cap = p.max_answers
     charged_answers = 0
     count_share = np.zeros(1, dtype=np.uint64)   # my share of the number answered so far
-    await _rehearse_single_query(p, study_data.shape(NAME, p.dataset, p.data, p.seed)[1],
-                                 argmax=False, final=True)
+    await _rehearse_single_query(p, argmax=False, final=True)
     for b, rows in enumerate(p.batches()):
         votes: np.ndarray | None = None
         counted = []
