@@ -5,7 +5,7 @@ Run: python -m benchmarks.bench_capc [--curve]   (about 8 minutes on 2 cores; th
 Each row is a real `run_parties.py capc` run (crypto mode, digits MLP with
 square activations, or K logistic-regression teachers per AP). Latency is the
 querying party's wall time for labelling, split into inference (encrypt, every AP's
-HE evaluation, transport, decrypt), the 2PC argmaxes with the APs (one after another), and
+HE evaluation, transport, decrypt), the 2PC argmaxes with the APs (all at once), and
 the PG step with the final 2PC. Single queries run 5 one after another in one session
 (single-query packing): the first one and the median of the other four are reported
 (setup, i.e. keys, the public context and the local 2PC rehearsal, is not labelling).

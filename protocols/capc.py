@@ -457,24 +457,28 @@ class _Querier:
         return await asyncio.to_thread(he.decrypt_share, self.keys, out)
 
     async def votes(self, b: int, shares: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Step 3: a 2PC argmax with each AP, one after another: shares of their vote
-        histograms. (All at once ran with up to 25 APs of one teacher each and hung with
-        10 APs x 20 teachers: left open, docs/parties.md.)"""
+        """Step 3: a 2PC argmax with every AP at once: shares of their vote histograms."""
         k, classes = self.p.teachers, self.data.num_classes
+
+        async def with_ap(ap: str, share: np.ndarray) -> np.ndarray:
+            onehot = await _argmax(self.ch, ap, self.dealer, self.p, f"{b}:{ap}",
+                                   per_teacher(share, k, classes))
+            return vote_share(onehot, k)
+
+        if self.p.crypto:   # the dealer serves every pair's session concurrently
+            for ap in shares:
+                await self.ch.send(self.dealer, f"{NAME}.schedule",
+                                   {"pair": [self.ctx.me, ap], "tag": f"{b}:{ap}"})
+        outcomes = await asyncio.gather(*(with_ap(ap, s) for ap, s in shares.items()),
+                                        return_exceptions=True)
         vote_shares = {}
-        for ap, share in shares.items():
-            tag = f"{b}:{ap}"
-            try:
-                if self.p.crypto:
-                    await self.ch.send(self.dealer, f"{NAME}.schedule",
-                                       {"pair": [self.ctx.me, ap], "tag": tag})
-                onehot = await _argmax(self.ch, ap, self.dealer, self.p, tag,
-                                       per_teacher(share, k, classes))
-                vote_shares[ap] = vote_share(onehot, k)
-            except ChannelError as e:
-                if getattr(e, "peer", ap) != ap:  # the dealer died, not the AP: nobody can go on
-                    raise
-                self._drop(ap, e, "during its 2PC")
+        for ap, got in zip(shares, outcomes, strict=True):
+            if isinstance(got, ChannelError) and getattr(got, "peer", ap) == ap:
+                self._drop(ap, got, "during its 2PC")
+            elif isinstance(got, BaseException):
+                raise got   # e.g. the dealer died: nobody can go on
+            else:
+                vote_shares[ap] = got
         return vote_shares
 
     async def labels_of(self, b: int, rows: range, vote_shares: dict[str, np.ndarray]) -> float:

@@ -179,6 +179,31 @@ def test_teacher_parameters_are_checked():
             capc.CapcParams.from_dict(bad)
 
 
+async def test_qp_runs_its_2pcs_with_all_aps_at_once(tmp_path, monkeypatch):
+    """The argmax 2PCs with the APs overlap in time, served concurrently by one dealer,
+    and still give the plaintext simulation's labels."""
+    import time
+    spans: dict[str, list[float]] = {}
+    real = capc._argmax
+
+    async def timed(ch, peer, dealer, p, tag, share):
+        start = time.perf_counter()
+        try:
+            return await real(ch, peer, dealer, p, tag, share)
+        finally:
+            if ch.me == "qp":
+                spans[tag] = [start, time.perf_counter()]
+    monkeypatch.setattr(capc, "_argmax", timed)
+    params = {**SMALL, "queries": 6, "batch_size": 6, "teachers": 2, "sigma_gnmax": 1.0}
+    crypto = await run_capc(tmp_path, {**params, "mode": "crypto"}, aps=3)
+    assert not any(isinstance(r, BaseException) for r in crypto.values()), crypto
+    assert crypto["dealer"].public["sessions"] == 3 + 1
+    starts, ends = zip(*spans.values(), strict=True)
+    assert len(spans) == 3 and max(starts) < min(ends)       # all three were running together
+    plain = await run_capc(tmp_path, {**params, "mode": "plaintext"}, aps=3)
+    assert crypto["qp"].public["labels"] == plain["qp"].public["labels"]
+
+
 async def test_single_queries_use_single_query_packing(tmp_path):
     """Batches of one query go as one ciphertext (rotations, Galois keys sent once),
     and give the plaintext simulation's labels, with teachers stacked too."""

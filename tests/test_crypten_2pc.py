@@ -88,6 +88,23 @@ async def test_dealer_detects_diverging_parties():
         await serve_dealer(net.channel("d"), ("p", "q"))
 
 
+async def test_parties_whose_computations_diverge_fail_at_once_with_the_dealers_reason():
+    """Two parties run the 'same' 2PC on different shapes: the dealer sees different
+    requests and tells both why; each fails with that reason at once, not after its
+    timeout. Their first tuples are fetched inside CrypTen's A2B conversion, which
+    retries another algorithm on any RuntimeError: the failure must get through it."""
+    net = InMemoryNetwork(["alice", "bob", "dealer"])
+    a, _ = additive.share(encoding.encode(np.zeros((2, 4))), 2)
+    _, b = additive.share(encoding.encode(np.zeros((3, 4))), 2)
+    outs = await asyncio.wait_for(asyncio.gather(
+        argmax_onehot(net.channel("alice"), "bob", "dealer", a, timeout=120),
+        argmax_onehot(net.channel("bob"), "alice", "dealer", b, timeout=120),
+        serve_dealer(net.channel("dealer"), ("alice", "bob"), timeout=120),
+        return_exceptions=True), timeout=20)
+    for out in outs:
+        assert isinstance(out, TwoPartyError) and "diverged" in str(out), out
+
+
 async def test_dealer_refuses_unknown_requests():
     net = InMemoryNetwork(["p", "q", "d"])
     for p in "pq":

@@ -20,6 +20,21 @@ class TwoPartyError(ChannelError):
     """A 2PC could not run: bad arguments, a dealer mismatch, or a peer failure."""
 
 
+class Abort(BaseException):
+    """A 2PC failure on its way out of CrypTen, turned back into ``error`` by
+    :class:`~mpc.twopc.session.TwoParty`.
+
+    CrypTen catches RuntimeError in places (its A2B conversion retries another
+    algorithm, taking any RuntimeError for out-of-memory). A ChannelError is a
+    RuntimeError: raised inside CrypTen it would be swallowed, and this party would
+    go on with a computation out of step with its peer's. A BaseException is not caught.
+    """
+
+    def __init__(self, error: ChannelError):
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Done:
     def is_completed(self) -> bool:
         return True
@@ -45,11 +60,14 @@ class ChannelCommunicator(Communicator):
         self.reset_communication_stats()
 
     def _call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        except ChannelError as e:
+            raise Abort(e) from None
 
     def _check(self, other: int) -> None:
         if other != 1 - self.rank:
-            raise TwoPartyError(f"CrypTen addressed rank {other}; only ranks 0 and 1 exist")
+            raise Abort(TwoPartyError(f"CrypTen addressed rank {other}; only ranks 0 and 1 exist"))
 
     def send(self, tensor, dst):
         self._check(dst)
@@ -66,7 +84,7 @@ class ChannelCommunicator(Communicator):
 
     def _fill(self, tensor, data):
         if not isinstance(data, np.ndarray) or data.size != tensor.numel():
-            raise TwoPartyError(f"party '{self.peer}' sent a malformed 2PC message")
+            raise Abort(TwoPartyError(f"party '{self.peer}' sent a malformed 2PC message"))
         tensor.copy_(torch.from_numpy(data).reshape(tensor.shape).to(tensor.dtype))
         return tensor
 
@@ -104,7 +122,7 @@ class ChannelCommunicator(Communicator):
 
         got = self._call(send_then_recv())
         if not isinstance(got, list) or len(got) != len(tensors):
-            raise TwoPartyError(f"party '{self.peer}' sent a malformed 2PC message")
+            raise Abort(TwoPartyError(f"party '{self.peer}' sent a malformed 2PC message"))
         return [self._fill(torch.empty_like(t), d) for t, d in zip(tensors, got, strict=True)]
 
     @staticmethod
@@ -152,7 +170,7 @@ class ChannelCommunicator(Communicator):
         self._exchange(torch.zeros(1, dtype=torch.long))
 
     def send_obj(self, obj, dst):  # CrypTen pickles objects: never from a peer
-        raise TwoPartyError("object messages (pickle) are not allowed between parties")
+        raise Abort(TwoPartyError("object messages (pickle) are not allowed between parties"))
 
     recv_obj = broadcast_obj = send_obj
 
@@ -166,4 +184,4 @@ class ChannelCommunicator(Communicator):
         return self.channel.me
 
     def set_name(self, name):
-        raise TwoPartyError("party names come from the Channel")
+        raise Abort(TwoPartyError("party names come from the Channel"))

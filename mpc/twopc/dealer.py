@@ -8,11 +8,12 @@ dealer does not collude with either party.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import numpy as np
 import torch
 
-from ..channel import Channel
+from ..channel import Channel, ChannelError
 from .communicator import TwoPartyError
 from .inbox import recv_tagged
 from .shims import count_wraps, random_ring
@@ -103,8 +104,19 @@ class Dealer:
         self.channel, self.prefix, self.timeout = channel, prefix, timeout
 
     async def serve(self, parties: tuple[str, str], tag: str = "") -> int:
-        """Serve the session ``tag`` between ``parties``; returns the requests served."""
-        return await self._serve(parties, tag)
+        """Serve the session ``tag`` between ``parties``; returns the requests served.
+
+        If the session fails here (the computations diverged, a bad request, a party
+        gone or silent), both parties are told why, so neither waits for a tuple that
+        will not come; then the error is raised."""
+        try:
+            return await self._serve(parties, tag)
+        except ChannelError as e:
+            for party in parties:
+                with contextlib.suppress(ChannelError):
+                    await self.channel.send(party, f"{self.prefix}.tuple",
+                                            {"tag": tag, "error": str(e)})
+            raise
 
     async def _request(self, party: str, tag: str) -> dict:
         return await recv_tagged(self.channel, party, f"{self.prefix}.tuple_req", tag, self.timeout)

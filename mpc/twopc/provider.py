@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .communicator import ChannelCommunicator, TwoPartyError
+from .communicator import Abort, ChannelCommunicator, TwoPartyError
 from .inbox import recv_tagged
 from .shims import ArithmeticSharedTensor, BinarySharedTensor, TupleProvider
 
@@ -78,7 +78,10 @@ class DealerProvider(TupleProvider):
         # If the other party of the 2PC dies, the dealer will never answer: fail at once.
         got = await recv_tagged(ch, self.dealer, f"{self.prefix}.tuple", self.tag,
                                 self.comm.timeout, watch=(self.comm.peer,))
-        return got if isinstance(got, dict) else {}
+        got = got if isinstance(got, dict) else {}
+        if "error" in got:   # the dealer ended the session (e.g. the two computations diverged)
+            raise TwoPartyError(f"dealer '{self.dealer}' ended this 2PC: {got['error']}")
+        return got
 
     def _fetch(self, req: dict) -> list[torch.Tensor]:
         self.requests += 1
@@ -100,7 +103,8 @@ class DealerProvider(TupleProvider):
         self.round_trips += 1
         got = self.comm._call(self._ask(req)).get("shares")
         if not isinstance(got, list):
-            raise TwoPartyError(f"dealer '{self.dealer}' sent a malformed answer to a {req['fn']} request")
+            raise Abort(TwoPartyError(f"dealer '{self.dealer}' sent a malformed answer to a "
+                                      f"{req['fn']} request"))
         return [torch.from_numpy(np.asarray(a)) for a in got]
 
     def generate_additive_triple(self, size0, size1, op, device=None, *args, **kwargs):

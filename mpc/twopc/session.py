@@ -20,7 +20,7 @@ import torch
 from .. import additive
 from ..channel import Channel
 from ..encoding import PRECISION_BITS
-from .communicator import ChannelCommunicator, TwoPartyError
+from .communicator import Abort, ChannelCommunicator, TwoPartyError
 from .provider import DealerProvider, computation_key
 from .shims import MPCTensor, local, new_session_seeds
 
@@ -114,6 +114,8 @@ class TwoParty:
                 return result
             finally:
                 self._provider.end(ok)
+        except Abort as a:
+            raise a.error from None
         finally:
             local.comm = local.provider = local.generators = None
 
