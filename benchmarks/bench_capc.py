@@ -1,9 +1,10 @@
 """CaPC end to end between processes over the embedded broker: latency and throughput.
 
-Run: python -m benchmarks.bench_capc [--curve]   (about 8 minutes on 2 cores; the curve ~15)
+Run: python -m benchmarks.bench_capc [--curve]   (about 12 minutes on 2 cores; the curve ~15)
 
 Each row is a real `run_parties.py capc` run (crypto mode, digits MLP with
-square activations, or K logistic-regression teachers per AP). Latency is the
+square activations, or K logistic-regression teachers per AP; one row on MNIST, whose
+pool of queries is large enough for a batch of 1,800). Latency is the
 querying party's wall time for labelling, split into inference (encrypt, every AP's
 HE evaluation, transport, decrypt), the 2PC argmaxes with the APs (all at once), and
 the PG step with the final 2PC. Single queries run 5 one after another in one session
@@ -29,21 +30,25 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = [  # (label, data parties, queries, batch size, teachers per AP)
-    ("1 AP, single query", 2, 5, 1, 1),
-    ("4 APs, single query", 5, 5, 1, 1),
-    ("4 APs, batch of 256", 5, 256, 256, 1),
-    ("4 APs x 50 teachers, batch of 256", 5, 256, 256, 50),
+RUNS = [  # (label, data parties, queries, batch size, teachers per AP, data set)
+    ("1 AP, single query", 2, 5, 1, 1, "digits"),
+    ("4 APs, single query", 5, 5, 1, 1, "digits"),
+    ("4 APs, batch of 256", 5, 256, 256, 1, "digits"),
+    ("4 APs, batch of 640 (digits' whole query pool)", 5, 640, 640, 1, "digits"),
+    ("4 APs (MNIST logreg), batch of 1,800", 5, 1800, 1800, 1, "mnist"),
+    ("4 APs x 50 teachers, batch of 256", 5, 256, 256, 50, "digits"),
 ]
-CURVE = [(f"{n} AP{'s' if n > 1 else ''}, batch of 64", n + 1, 64, 64, 1) for n in (1, 2, 4, 8, 16)]
+CURVE = [(f"{n} AP{'s' if n > 1 else ''}, batch of 64", n + 1, 64, 64, 1, "digits")
+         for n in (1, 2, 4, 8, 16)]
 
 
-def run(parties: int, queries: int, batch: int, teachers: int, runs_dir: Path) -> dict:
+def run(parties: int, queries: int, batch: int, teachers: int, dataset: str,
+        runs_dir: Path) -> dict:
     cmd = [sys.executable, str(ROOT / "run_parties.py"), "--runs-dir", str(runs_dir),
-           "--timeout", "1800", "capc",
+           "--timeout", "1800", "capc", "--dataset", dataset,
            "--parties", str(parties), "--queries", str(queries), "--batch-size", str(batch),
            "--epochs", "10", "--budget", "1e6"]
-    if teachers > 1:
+    if teachers > 1 or dataset == "mnist":
         cmd += ["--teachers-per-party", str(teachers), "--teacher-arch", "logreg"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800)
     if out.returncode != 0:
@@ -64,9 +69,9 @@ def main() -> None:
         table.add_column(col, justify="right")
     curve: list[tuple[int, float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, parties, queries, batch, teachers in RUNS + (CURVE if args.curve else []):
+        for label, parties, queries, batch, teachers, dataset in RUNS + (CURVE if args.curve else []):
             console.print(f"running: {label} ...")
-            res = run(parties, queries, batch, teachers, Path(tmp))
+            res = run(parties, queries, batch, teachers, dataset, Path(tmp))
             recs = res["parties"]
             qp = recs["party1"]["result"]
             t = qp["timing_seconds"]
@@ -83,7 +88,7 @@ def main() -> None:
                           f"{t['inference']:.2f}", f"{t['argmax_2pc']:.2f}",
                           f"{t['pg_and_final_2pc']:.2f}", f"{he_eval:.2f}",
                           f"{ap_bytes / 1e3:,.1f} kB", "~3.0 s/query/AP (step 1a)")
-            if (label, parties, queries, batch, teachers) in CURVE:
+            if (label, parties, queries, batch, teachers, dataset) in CURVE:
                 curve.append((parties - 1, total, t["argmax_2pc"]))
     console.print(table)
     if curve:
@@ -92,14 +97,14 @@ def main() -> None:
 
 def plot_curve(curve: list[tuple[int, float, float]], path: Path) -> None:
     """Labelling time and its argmax-2PC part against the number of APs, beside lines
-    that grow linearly from the 1-AP point (what running the APs one after another gives)."""
+    that grow linearly from the 1-AP point."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     n, total, argmax = zip(*curve, strict=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     for ys, name, color in ((total, "labelling, end to end", "C0"),
-                            (argmax, "argmax 2PCs (one AP after another)", "C1")):
+                            (argmax, "argmax 2PCs (all APs at once)", "C1")):
         ax.plot(n, ys, marker="o", color=color, label=name)
         ax.plot(n, [ys[0] * k / n[0] for k in n], ls="--", color=color, alpha=0.5,
                 label=f"{name.split(',')[0].split(' (')[0]}: linear in APs")
