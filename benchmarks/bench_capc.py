@@ -6,8 +6,9 @@ Each row is a real `run_parties.py capc` run (crypto mode, digits MLP with
 square activations, or K logistic-regression teachers per AP; one row on MNIST, whose
 pool of queries is large enough for a batch of 1,800). Latency is the
 querying party's wall time for labelling, split into inference (encrypt, every AP's
-HE evaluation, transport, decrypt), the 2PC argmaxes with the APs (all at once), and
-the PG step with the final 2PC. Single queries run 5 one after another in one session
+HE evaluation, transport, decrypt: until the last AP's share is decrypted), the argmax
+2PCs with the APs after that (all at once; each starts when its AP's answer is in, so
+the early ones overlap inference), and the PG step with the final 2PC. Single queries run 5 one after another in one session
 (single-query packing): the first one and the median of the other four are reported
 (setup, i.e. keys, the public context and the local 2PC rehearsal, is not labelling).
 ``--curve`` adds labelling time against the number of APs (1, 2, 4, 8, 16; one batch of

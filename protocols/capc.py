@@ -11,7 +11,8 @@ own, taking no other part). Per batch of the QP's unlabelled queries:
    decryption is uniform; QP and AP hold additive shares, in Z_2^64, of AP i's
    logits (he/share.py).
 3. QP and each AP run a 2PC argmax (CrypTen, :mod:`mpc.twopc`): each
-   gets a share of AP i's one-hot vote; nobody learns the vote.
+   gets a share of AP i's one-hot vote; nobody learns the vote. The QP runs
+   steps 2-3 with every AP at once, each as soon as that AP's answer is in.
 4. Each AP sends its vote share to PG. PG sums them, asks its privacy budget to
    charge each query's worst-case (data-independent) cost, and tells QP which
    queries it will answer and whose votes count; a query the budget cannot
@@ -24,7 +25,8 @@ own, taking no other part). Per batch of the QP's unlabelled queries:
 
 ``mode="plaintext"`` runs the same messages without cryptography (queries in
 the clear, 2PCs done by one side): a fast simulation for accuracy results,
-which gives the same labels as the cryptographic run for the same noise.
+which gives the same labels as the cryptographic run for the same noise (but
+for a rare teacher whose two top logits lie within the approximation error).
 The conformance rules below make it checkable from the transcripts that no
 vote, logit or label goes anywhere else.
 """
@@ -425,8 +427,8 @@ class _Querier:
         for ap in self.live_aps:
             await self.ch.send(ap, f"{NAME}.context", context)
 
-    async def infer(self, b: int, rows: range) -> dict[str, np.ndarray]:
-        """Steps 1-2: queries out, masked answers in: shares of every live AP's logits."""
+    async def ask(self, b: int, rows: range) -> None:
+        """Step 1: the batch's queries (encrypted once) to every live AP."""
         xb = self.data.x_queries[list(rows)]
         if self.p.crypto:
             import he
@@ -437,15 +439,49 @@ class _Querier:
         for ap in self.live_aps:
             for payload in payloads:
                 await self.ch.send(ap, f"{NAME}.query", payload)
-        shares: dict[str, np.ndarray] = {}
-        for ap in list(self.live_aps):
+
+    async def votes(self, b: int) -> dict[str, np.ndarray]:
+        """Steps 2-3 with every live AP at once, each as soon as its answer is in: the
+        QP's share of its logits (the AP keeps the other), then a 2PC argmax per teacher:
+        shares of its vote histogram. Time until the last share is ``inference``, the
+        rest ``argmax_2pc`` (the 2PCs of early answers overlap later APs' evaluation)."""
+        k, classes = self.p.teachers, self.data.num_classes
+        start = last_share = time.perf_counter()
+
+        async def with_ap(ap: str) -> np.ndarray | tuple[ChannelError, str]:
+            nonlocal last_share
             try:
                 answer = await self.ch.recv(ap, f"{NAME}.answer", self.p.timeout)
             except ChannelError as e:
-                self._drop(ap, e)
-                continue
-            shares[ap] = await self._my_share(ap, answer)
-        return shares
+                return e, ""
+            share = await self._my_share(ap, answer)
+            last_share = max(last_share, time.perf_counter())
+            tag = f"{b}:{ap}"
+            try:
+                if self.p.crypto:   # the dealer serves every pair's session concurrently
+                    await self.ch.send(self.dealer, f"{NAME}.schedule",
+                                       {"pair": [self.ctx.me, ap], "tag": tag})
+                onehot = await _argmax(self.ch, ap, self.dealer, self.p, tag,
+                                       per_teacher(share, k, classes))
+            except ChannelError as e:
+                if getattr(e, "peer", ap) != ap:  # e.g. the dealer died: nobody can go on
+                    raise
+                return e, "during its 2PC"
+            return vote_share(onehot, k)
+
+        aps = list(self.live_aps)
+        outcomes = await asyncio.gather(*(with_ap(ap) for ap in aps), return_exceptions=True)
+        self.timing["inference"] += last_share - start
+        self.timing["argmax_2pc"] += time.perf_counter() - last_share
+        vote_shares = {}
+        for ap, got in zip(aps, outcomes, strict=True):
+            if isinstance(got, BaseException):
+                raise got
+            if isinstance(got, tuple):
+                self._drop(ap, *got)
+            else:
+                vote_shares[ap] = got
+        return vote_shares
 
     async def _my_share(self, ap: str, answer: dict) -> np.ndarray:
         """The QP's share of an AP's logits, in the ring (the AP holds the other)."""
@@ -455,31 +491,6 @@ class _Querier:
         out = he.EncryptedOutput.load(self.public, await rest_of_pieces(
             self.ch, ap, f"{NAME}.answer", answer, self.p.timeout))
         return await asyncio.to_thread(he.decrypt_share, self.keys, out)
-
-    async def votes(self, b: int, shares: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Step 3: a 2PC argmax with every AP at once: shares of their vote histograms."""
-        k, classes = self.p.teachers, self.data.num_classes
-
-        async def with_ap(ap: str, share: np.ndarray) -> np.ndarray:
-            onehot = await _argmax(self.ch, ap, self.dealer, self.p, f"{b}:{ap}",
-                                   per_teacher(share, k, classes))
-            return vote_share(onehot, k)
-
-        if self.p.crypto:   # the dealer serves every pair's session concurrently
-            for ap in shares:
-                await self.ch.send(self.dealer, f"{NAME}.schedule",
-                                   {"pair": [self.ctx.me, ap], "tag": f"{b}:{ap}"})
-        outcomes = await asyncio.gather(*(with_ap(ap, s) for ap, s in shares.items()),
-                                        return_exceptions=True)
-        vote_shares = {}
-        for ap, got in zip(shares, outcomes, strict=True):
-            if isinstance(got, ChannelError) and getattr(got, "peer", ap) == ap:
-                self._drop(ap, got, "during its 2PC")
-            elif isinstance(got, BaseException):
-                raise got   # e.g. the dealer died: nobody can go on
-            else:
-                vote_shares[ap] = got
-        return vote_shares
 
     async def labels_of(self, b: int, rows: range, vote_shares: dict[str, np.ndarray]) -> float:
         """Steps 4-5: the PG's decision, then the final 2PC; returns the epsilon spent."""
@@ -568,8 +579,8 @@ async def querying_party(ctx: RoleContext) -> RoleResult:
     curve, epsilon, plan = [], 0.0, p.batches()
     for b, rows in enumerate(plan):
         start = time.perf_counter()
-        shares = await _timed(q.timing, "inference", q.infer(b, rows))
-        vote_shares = await _timed(q.timing, "argmax_2pc", q.votes(b, shares))
+        await _timed(q.timing, "inference", q.ask(b, rows))
+        vote_shares = await q.votes(b)
         epsilon = await _timed(q.timing, "pg_and_final_2pc", q.labels_of(b, rows, vote_shares))
         seconds = time.perf_counter() - start     # this batch's labelling, end to end
         acc_now = (await _timed(q.timing, "retrain", asyncio.to_thread(q.retrained_accuracy))
