@@ -105,7 +105,7 @@ def plot_curve(curve: list[tuple[int, float, float]], path: Path) -> None:
     n, total, argmax = zip(*curve, strict=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     for ys, name, color in ((total, "labelling, end to end", "C0"),
-                            (argmax, "argmax 2PCs (all APs at once)", "C1")):
+                            (argmax, "argmax 2PCs after the last answer", "C1")):
         ax.plot(n, ys, marker="o", color=color, label=name)
         ax.plot(n, [ys[0] * k / n[0] for k in n], ls="--", color=color, alpha=0.5,
                 label=f"{name.split(',')[0].split(' (')[0]}: linear in APs")
