@@ -205,6 +205,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peer-timeout", type=float, default=60.0,
                         help="seconds to wait for every peer to come online")
     parser.add_argument("--threads", "--torch-threads", dest="torch_threads", type=int, default=1,
+                        metavar="N",
                         help="threads of this process's numeric libraries, torch and numpy's BLAS "
                              "(default 1: parties share cores)")
     parser.add_argument("--crash-before", metavar="KIND:N",
